@@ -1,0 +1,157 @@
+//! Command-line definitions (clap derive) only; `main.rs` turns them into actions.
+//!
+//! The flag names and their global placement follow `mas-cli syn2mas` so operators' scripts keep
+//! working when they switch tools.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "syn2mas",
+    version,
+    about = "Move a Matrix homeserver's accounts from Synapse into Matrix Authentication Service",
+    long_about = "Move a Matrix homeserver's accounts from Synapse's PostgreSQL database into Matrix \
+                  Authentication Service (MAS).\n\nRun `syn2mas check` days before the cutover, \
+                  `syn2mas migrate --dry-run` to rehearse, and `syn2mas migrate` in the maintenance \
+                  window while Synapse is stopped.\n\nExit codes: 0 ok; 10 check errors; 11 check \
+                  warnings only; 130 interrupted (rolled back); 1 anything else."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// MAS configuration file; repeat to merge several (default: $MAS_CONFIG, colon-separated, else config.yaml)
+    #[arg(short = 'c', long = "config", global = true, value_name = "MAS.yaml")]
+    pub config: Vec<PathBuf>,
+
+    /// Synapse configuration file (homeserver.yaml); repeat to merge several, later files win
+    #[arg(long = "synapse-config", global = true, value_name = "HOMESERVER.yaml")]
+    pub synapse_config: Vec<PathBuf>,
+
+    /// Connect to Synapse's database with this postgresql:// URI instead of homeserver.yaml's `database`
+    #[arg(long, global = true, value_name = "URI")]
+    pub synapse_database_uri: Option<String>,
+
+    /// Connect to MAS's database with this postgresql:// URI instead of config.yaml's `database`
+    #[arg(long, global = true, value_name = "URI")]
+    pub mas_database_uri: Option<String>,
+
+    /// Treat external ids of providers unknown to Synapse as a warning and skip them when migrating
+    #[arg(long, global = true)]
+    pub ignore_missing_auth_providers: bool,
+
+    /// Print the result as one JSON document on stdout (human text still goes to stderr)
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output (-v: debug, -vv: trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Less output: errors only, no progress bars
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// When to use colours and progress bars on the terminal
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check configuration and both databases without changing anything (safe while Synapse runs)
+    Check,
+    /// Run every check, then migrate Synapse's accounts into MAS, all or nothing
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct MigrateArgs {
+    /// Run the whole migration, then roll it back: MAS is left exactly as it was (safe while Synapse runs)
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Migrate even when the checks found warnings (errors always stop the migration)
+    #[arg(long)]
+    pub allow_warnings: bool,
+
+    /// Derive every generated id from this seed instead of fresh randomness (reproducible runs, tests)
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Number of PostgreSQL sessions building indexes and constraints on MAS in parallel
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub rebuild_sessions: usize,
+}
+
+impl GlobalArgs {
+    /// MAS config files: `--config`, else `$MAS_CONFIG` (colon-separated), else `config.yaml`,
+    /// the same fallback chain as `mas-cli`.
+    pub fn mas_config_files(&self) -> Vec<PathBuf> {
+        if !self.config.is_empty() {
+            return self.config.clone();
+        }
+        match std::env::var_os("MAS_CONFIG") {
+            Some(v) if !v.is_empty() => std::env::split_paths(&v).collect(),
+            _ => vec![PathBuf::from("config.yaml")],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_are_accepted_before_and_after_the_subcommand() {
+        let a = Cli::try_parse_from([
+            "syn2mas",
+            "-c",
+            "mas.yaml",
+            "--synapse-config",
+            "hs.yaml",
+            "migrate",
+            "--dry-run",
+        ])
+        .unwrap();
+        let b = Cli::try_parse_from([
+            "syn2mas",
+            "migrate",
+            "--dry-run",
+            "-c",
+            "mas.yaml",
+            "--synapse-config",
+            "hs.yaml",
+        ])
+        .unwrap();
+        assert_eq!(a.global.config, b.global.config);
+        assert_eq!(a.global.synapse_config, b.global.synapse_config);
+        assert!(matches!(a.command, Command::Migrate(ref m) if m.dry_run));
+        assert!(matches!(b.command, Command::Migrate(ref m) if m.dry_run));
+    }
+
+    #[test]
+    fn dry_run_is_only_a_migrate_flag() {
+        assert!(Cli::try_parse_from(["syn2mas", "check", "--dry-run"]).is_err());
+    }
+}

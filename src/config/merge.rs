@@ -1,0 +1,1 @@
+//! Merge rules for several configuration files.

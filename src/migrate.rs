@@ -1,0 +1,1 @@
+//! Orchestrates a migration.
