@@ -1,7 +1,206 @@
-use clap::Parser;
+//! `syn2mas`: parse the command line, set up logging, run, map the outcome to an exit code.
+
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use anyhow::Context;
+use clap::Parser;
+use syn2mas::check::{self, CheckInputs, Report};
+use syn2mas::cli::{Cli, ColorChoice, Command, GlobalArgs, MigrateArgs};
+use syn2mas::config::{self, MasConfig, SynapseConfig};
+use syn2mas::db::ConnectOptions;
+use syn2mas::exit;
+use syn2mas::migrate::{self, MigrateOptions, Sessions};
+use syn2mas::progress::Progress;
+
 fn main() -> ExitCode {
-    let _cli = syn2mas::cli::Cli::parse();
-    ExitCode::from(syn2mas::exit::OK)
+    let cli = Cli::parse();
+    init_tracing(&cli.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(exit::FAILURE)
+        }
+    }
+}
+
+/// Logs go to stderr. Other crates are held at `warn` whatever the verbosity: their debug
+/// output could echo statements or connection details we have not vetted for secrets.
+fn init_tracing(g: &GlobalArgs) {
+    let level = match (g.quiet, g.verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::new(format!("warn,syn2mas={level}"));
+    let ansi = match g.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::io::stderr().is_terminal(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .init();
+}
+
+/// Everything both subcommands need before they differ.
+struct Loaded {
+    synapse: SynapseConfig,
+    mas: MasConfig,
+    synapse_db: ConnectOptions,
+    mas_db: ConnectOptions,
+}
+
+fn load(g: &GlobalArgs) -> anyhow::Result<Loaded> {
+    if g.synapse_config.is_empty() {
+        anyhow::bail!(
+            "Please specify the path to the Synapse configuration file(s) with --synapse-config."
+        );
+    }
+    let synapse = config::load_synapse(&g.synapse_config)?;
+    let mas = config::load_mas(&g.mas_config_files())?;
+    let synapse_db = match &g.synapse_database_uri {
+        Some(uri) => ConnectOptions::from_uri(uri)
+            .map_err(|e| anyhow::anyhow!("--synapse-database-uri: {e}"))?
+            .with_libpq_env(),
+        None => synapse.database.clone().context(
+            "homeserver.yaml has no `database` section; give one, or --synapse-database-uri",
+        )?,
+    };
+    let mas_db = match &g.mas_database_uri {
+        Some(uri) => ConnectOptions::from_uri(uri)
+            .map_err(|e| anyhow::anyhow!("--mas-database-uri: {e}"))?
+            .with_libpq_env(),
+        None => mas.database.clone(),
+    };
+    Ok(Loaded {
+        synapse,
+        mas,
+        synapse_db,
+        mas_db,
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let g = &cli.global;
+    let l = load(g)?;
+    let report = check::run(&CheckInputs {
+        synapse: &l.synapse,
+        mas: &l.mas,
+        synapse_db: &l.synapse_db,
+        mas_db: &l.mas_db,
+        ignore_missing_auth_providers: g.ignore_missing_auth_providers,
+    })
+    .await?;
+    match &cli.command {
+        Command::Check => {
+            print_report(g, &report)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            }
+            Ok(report.exit_code())
+        }
+        Command::Migrate(args) => migrate_after_check(g, args, &l, report).await,
+    }
+}
+
+fn print_report(g: &GlobalArgs, report: &Report) -> anyhow::Result<()> {
+    if !g.quiet || report.exit_code() != exit::OK {
+        report.render_human(&mut std::io::stderr().lock())?;
+    }
+    Ok(())
+}
+
+async fn migrate_after_check(
+    g: &GlobalArgs,
+    args: &MigrateArgs,
+    l: &Loaded,
+    report: Report,
+) -> anyhow::Result<u8> {
+    print_report(g, &report)?;
+    let errors = report.errors().count();
+    let warnings = report.warnings().count();
+    if errors > 0 {
+        eprintln!("Refusing to migrate: the checks found {errors} error(s). Nothing was changed.");
+        return Ok(exit::CHECK_ERRORS);
+    }
+    if warnings > 0 && !args.allow_warnings {
+        let ids: Vec<&str> = report.warnings().map(|w| w.id.as_str()).collect();
+        eprintln!(
+            "Refusing to migrate with warnings ({}). Review them, then run again with --allow-warnings.",
+            ids.join(", ")
+        );
+        return Ok(exit::CHECK_WARNINGS);
+    }
+    let plan = report
+        .plan
+        .clone()
+        .context("the checks produced no migration plan")?;
+    let stderr_tty = std::io::stderr().is_terminal();
+    let draw = !g.quiet
+        && match g.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => stderr_tty,
+        };
+    let progress = Progress::new(draw, !g.quiet);
+    let opts = MigrateOptions {
+        dry_run: args.dry_run,
+        seed: args.seed,
+        rebuild_sessions: args.rebuild_sessions,
+        ignore_missing_auth_providers: g.ignore_missing_auth_providers,
+    };
+    let sessions = Sessions::default();
+    let outcome = tokio::select! {
+        r = migrate::run(&l.synapse_db, &l.mas_db, &l.mas, &plan, &opts, &progress, &sessions) => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    match outcome {
+        Some(Ok(summary)) => {
+            if g.json {
+                summary.render_human(&mut std::io::stderr().lock())?;
+                let doc = serde_json::json!({ "check": report.to_json(), "migrate": summary });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else if !g.quiet {
+                summary.render_human(&mut std::io::stdout().lock())?;
+            }
+            Ok(exit::OK)
+        }
+        Some(Err(e)) => {
+            roll_back(&l.mas_db, &sessions).await;
+            Err(e.context("the migration failed; MAS was left exactly as it was before the run"))
+        }
+        None => {
+            roll_back(&l.mas_db, &sessions).await;
+            eprintln!(
+                "Interrupted: the migration was rolled back; MAS is exactly as it was before the run."
+            );
+            Ok(exit::INTERRUPTED)
+        }
+    }
+}
+
+/// Drops what a failed or interrupted run built. If even that fails (MAS unreachable), the
+/// next run does it first thing, and says so.
+async fn roll_back(mas_db: &ConnectOptions, sessions: &Sessions) {
+    if let Err(e) = migrate::cleanup(mas_db, sessions).await {
+        eprintln!(
+            "warning: could not drop this run's shadow tables now ({e:#}); the next syn2mas run will drop them before doing anything else"
+        );
+    }
 }

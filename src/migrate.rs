@@ -1,1 +1,562 @@
-//! Orchestrates a migration.
+//! Orchestrates a migration: Synapse snapshot → transform workers → COPY into shadow tables →
+//! parallel rebuild → one swap transaction.
+//!
+//! MAS sees nothing until the swap commits. On any error the shadow tables are dropped (and the
+//! sessions still building on them terminated first, so the drop does not wait for them); after
+//! a kill, the next run finds and drops them before anything else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+use crate::check::report::Plan;
+use crate::config::MasConfig;
+use crate::db::ConnectOptions;
+use crate::progress::Progress;
+use crate::sink::tables::Target;
+use crate::sink::{catalog, rebuild, shadow, writer};
+use crate::source::snapshot::{self, LockMode};
+use crate::source::{self, Entity, reader};
+use crate::transform::{self, Ctx, EntityCounts, Ids, Stats};
+
+/// Advisory lock key of upstream `mas-cli syn2mas` (HKDF of `syn2mas-maswriter`, reference
+/// §1.4): holding it keeps the upstream tool and syn2mas from running at the same time.
+const UPSTREAM_SYN2MAS_LOCK: i64 = 6_584_285_998_412_104_315;
+
+/// Chunks being transformed at once; with bounded channels this bounds memory.
+const IN_FLIGHT: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    pub dry_run: bool,
+    pub seed: Option<u64>,
+    pub rebuild_sessions: usize,
+    pub ignore_missing_auth_providers: bool,
+}
+
+/// Backend pids of the MAS sessions a run opened, so a failed or interrupted run can stop them
+/// before dropping its shadow tables.
+#[derive(Debug, Clone, Default)]
+pub struct Sessions(Arc<Mutex<Vec<i32>>>);
+
+impl Sessions {
+    async fn track(&self, client: &Client) -> anyhow::Result<()> {
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        self.0.lock().unwrap().push(pid);
+        Ok(())
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EntitySummary {
+    pub entity: String,
+    pub read: u64,
+    pub migrated: u64,
+    pub skipped: BTreeMap<String, u64>,
+    pub seconds: f64,
+    pub rows_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub dry_run: bool,
+    pub entities: Vec<EntitySummary>,
+    /// Rows written to each MAS table.
+    pub mas_rows: BTreeMap<String, u64>,
+    pub invalid_device_ips: u64,
+    pub load_seconds: f64,
+    pub rebuild_seconds: f64,
+    pub swap_seconds: f64,
+    pub total_seconds: f64,
+    pub leftovers_dropped: Vec<String>,
+    /// Differences between `check`'s plan and what was migrated (Synapse changed in between).
+    pub plan_mismatches: Vec<String>,
+}
+
+/// Runs the migration. `plan` is check's plan (exact counts, for progress and the final
+/// accounting). `sessions` collects backend pids for `cleanup`.
+pub async fn run(
+    synapse_db: &ConnectOptions,
+    mas_db: &ConnectOptions,
+    mas: &MasConfig,
+    plan: &Plan,
+    opts: &MigrateOptions,
+    progress: &Progress,
+    sessions: &Sessions,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let mut main = mas_db.connect("MAS").await?;
+    sessions.track(&main).await?;
+    take_locks(&main).await?;
+    let leftovers = shadow::drop_leftovers(&main).await?;
+    if !leftovers.is_empty() {
+        progress.println(&format!(
+            "Dropped leftovers of an interrupted earlier run: {}",
+            leftovers.join(", ")
+        ));
+    }
+    shadow::preflight(&main).await?;
+    let defs = catalog::read(&main).await?;
+
+    let synapse = synapse_db.connect("Synapse").await?;
+    let lock = if opts.dry_run {
+        LockMode::AccessShare
+    } else {
+        LockMode::Exclusive
+    };
+    snapshot::open(&synapse, lock).await?;
+    let ctx = Arc::new(context(mas, opts)?);
+    source::set_query_params(&synapse, ctx.providers.keys().map(String::as_str)).await?;
+
+    shadow::create(&main).await?;
+    let mas_rows_plan: BTreeMap<Target, u64> = Target::ALL
+        .iter()
+        .map(|t| (*t, plan.mas_rows.get(t.name()).copied().unwrap_or(0)))
+        .collect();
+    let runner = rebuild::Runner::new(rebuild::schedule(&defs, &mas_rows_plan));
+    let rebuild_bar = progress.bar("rebuild", runner.total_jobs() as u64, "jobs");
+    let rebuild_tasks = spawn_rebuild(
+        mas_db,
+        opts.rebuild_sessions,
+        &runner,
+        &rebuild_bar,
+        sessions,
+    )
+    .await?;
+    let (senders, writers) = spawn_writers(mas_db, &runner, sessions).await?;
+
+    let load = load(&synapse, &ctx, plan, progress, senders).await;
+    let load_seconds = started.elapsed().as_secs_f64();
+    drop(synapse);
+    let (stats, stage_seconds) = match load {
+        Ok(v) => v,
+        Err(e) => {
+            runner.abort();
+            return Err(first_writer_error(writers).await.unwrap_or(e));
+        }
+    };
+    let written = join_writers(writers).await?;
+    let rebuild_start = Instant::now();
+    for t in rebuild_tasks {
+        t.await.context("rebuild session panicked")??;
+    }
+    rebuild_bar.finish();
+    if !runner.complete() {
+        bail!("the index and constraint rebuild stopped before finishing");
+    }
+    let rebuild_seconds = rebuild_start.elapsed().as_secs_f64();
+    verify_written(&stats, &written)?;
+
+    let swap_start = Instant::now();
+    shadow::swap(&mut main, runner.renames(), !opts.dry_run).await?;
+    if opts.dry_run {
+        shadow::drop_leftovers(&main).await?;
+    }
+    let swap_seconds = swap_start.elapsed().as_secs_f64();
+    let entities = summarise(&stats, &stage_seconds)?;
+    Ok(Summary {
+        dry_run: opts.dry_run,
+        plan_mismatches: plan_mismatches(plan, &entities),
+        entities,
+        mas_rows: written
+            .iter()
+            .map(|(t, n)| (t.name().to_owned(), *n))
+            .collect(),
+        invalid_device_ips: stats.invalid_ips,
+        load_seconds,
+        rebuild_seconds,
+        swap_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+        leftovers_dropped: leftovers,
+    })
+}
+
+/// After a failure or an interrupt: stops the run's MAS sessions and drops its shadow tables,
+/// so MAS is exactly as before. Returns the names dropped.
+pub async fn cleanup(mas_db: &ConnectOptions, sessions: &Sessions) -> anyhow::Result<Vec<String>> {
+    let client = mas_db.connect("MAS").await?;
+    let pids = sessions.pids();
+    if !pids.is_empty() {
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&pids],
+            )
+            .await
+            .context("stopping this run's MAS sessions")?;
+    }
+    shadow::drop_leftovers(&client).await
+}
+
+async fn take_locks(client: &Client) -> anyhow::Result<()> {
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&UPSTREAM_SYN2MAS_LOCK])
+        .await
+        .context("taking the syn2mas advisory lock on MAS")?
+        .get(0);
+    if !got {
+        bail!(
+            "another syn2mas (this tool or `mas-cli syn2mas`) is already running against this MAS database"
+        );
+    }
+    let db: String = client
+        .query_one("SELECT current_database()", &[])
+        .await?
+        .get(0);
+    let migrator_key = 0x3d32_ad9e_i64 * i64::from(crc32fast::hash(db.as_bytes()));
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&migrator_key])
+        .await
+        .context("taking MAS's schema-migration advisory lock")?
+        .get(0);
+    if !got {
+        bail!(
+            "`mas-cli database migrate` (or MAS starting up) is running against this MAS database; wait for it to finish"
+        );
+    }
+    Ok(())
+}
+
+/// The transform's context: ids, server name, providers map, "now".
+fn context(mas: &MasConfig, opts: &MigrateOptions) -> anyhow::Result<Ctx> {
+    let ids = match opts.seed {
+        Some(seed) => Ids::from_seed(seed),
+        None => Ids::random(),
+    };
+    let providers: HashMap<String, u128> = mas
+        .providers
+        .iter()
+        .filter_map(|p| p.synapse_idp_id.clone().map(|s| (s, p.id.0)))
+        .collect();
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("system clock before 1970")?
+        .as_millis() as i64;
+    Ok(Ctx::new(
+        ids,
+        &mas.homeserver,
+        now_ms,
+        providers,
+        opts.ignore_missing_auth_providers,
+    ))
+}
+
+async fn spawn_rebuild(
+    mas_db: &ConnectOptions,
+    n: usize,
+    runner: &Arc<rebuild::Runner>,
+    bar: &indicatif::ProgressBar,
+    sessions: &Sessions,
+) -> anyhow::Result<Vec<JoinHandle<anyhow::Result<()>>>> {
+    let mut tasks = Vec::new();
+    for _ in 0..n.max(1) {
+        let client = mas_db.connect("MAS").await?;
+        sessions.track(&client).await?;
+        let bar = bar.clone();
+        tasks.push(tokio::spawn(
+            runner.clone().session(client, move |_| bar.inc(1)),
+        ));
+    }
+    Ok(tasks)
+}
+
+type Writers = Vec<(Target, JoinHandle<anyhow::Result<u64>>)>;
+
+async fn spawn_writers(
+    mas_db: &ConnectOptions,
+    runner: &Arc<rebuild::Runner>,
+    sessions: &Sessions,
+) -> anyhow::Result<(BTreeMap<Target, mpsc::Sender<Vec<u8>>>, Writers)> {
+    let mut senders = BTreeMap::new();
+    let mut writers = Vec::new();
+    for t in Target::ALL {
+        let client = mas_db.connect("MAS").await?;
+        sessions.track(&client).await?;
+        client.batch_execute("SET synchronous_commit = off").await?;
+        let (tx, rx) = mpsc::channel(4);
+        senders.insert(t, tx);
+        let runner = runner.clone();
+        writers.push((
+            t,
+            tokio::spawn(async move {
+                let rows = writer::run(client, t, rx).await?;
+                runner.loaded(t);
+                Ok(rows)
+            }),
+        ));
+    }
+    Ok((senders, writers))
+}
+
+/// The stages in order, each with the targets that no later stage writes (their writers are
+/// closed when the stage ends, so their rebuild can start while later stages load).
+fn stages() -> [(Entity, &'static [Target]); 6] {
+    [
+        (Entity::Users, &[Target::Users, Target::UserPasswords]),
+        (
+            Entity::Threepids,
+            &[Target::UserEmails, Target::UserUnsupportedThirdPartyIds],
+        ),
+        (Entity::ExternalIds, &[Target::UpstreamOauthLinks]),
+        (Entity::Devices, &[]),
+        (Entity::AccessTokens, &[Target::CompatSessions]),
+        (
+            Entity::RefreshTokens,
+            &[Target::CompatAccessTokens, Target::CompatRefreshTokens],
+        ),
+    ]
+}
+
+async fn load(
+    synapse: &Client,
+    ctx: &Arc<Ctx>,
+    plan: &Plan,
+    progress: &Progress,
+    mut senders: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
+) -> anyhow::Result<(Stats, BTreeMap<Entity, f64>)> {
+    let mut stats = Stats::default();
+    let mut seconds = BTreeMap::new();
+    for (entity, closes) in stages() {
+        let start = Instant::now();
+        let total = stage_rows(plan, entity);
+        let bar = progress.bar(entity.name(), total, "rows");
+        let s = run_stage(synapse, ctx, entity, &senders, &bar).await?;
+        bar.finish();
+        stats.merge(&s);
+        seconds.insert(entity, start.elapsed().as_secs_f64());
+        for t in closes {
+            senders.remove(t);
+        }
+    }
+    synapse
+        .batch_execute("COMMIT")
+        .await
+        .context("closing the Synapse read transaction")?;
+    Ok((stats, seconds))
+}
+
+/// Rows a stage's query yields, from the plan (for the progress bar).
+fn stage_rows(plan: &Plan, entity: Entity) -> u64 {
+    let read = |name: &str| {
+        plan.entities
+            .iter()
+            .find(|e| e.entity == name)
+            .map_or(0, |e| e.read)
+    };
+    match entity {
+        // The access-token stage reads only tokens without a refresh token.
+        Entity::AccessTokens => read("access_tokens").saturating_sub(read("refresh_tokens")),
+        e => read(e.name()),
+    }
+}
+
+/// One stage: the reader streams chunks, rayon workers map them, the results go to the writers
+/// in order. Bounded channels everywhere keep memory flat whatever the table size.
+async fn run_stage(
+    synapse: &Client,
+    ctx: &Arc<Ctx>,
+    entity: Entity,
+    senders: &BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Stats> {
+    let (chunk_tx, mut chunk_rx) = mpsc::channel::<reader::Chunk>(2);
+    let (job_tx, mut job_rx) =
+        mpsc::channel::<(usize, oneshot::Receiver<anyhow::Result<transform::Batch>>)>(IN_FLIGHT);
+    let read = reader::stream(synapse, entity, chunk_tx);
+    let ctx = ctx.clone();
+    let dispatch = async move {
+        while let Some(chunk) = chunk_rx.recv().await {
+            let (tx, rx) = oneshot::channel();
+            let ctx = ctx.clone();
+            let rows = chunk.rows;
+            rayon::spawn(move || {
+                let _ = tx.send(transform::process_chunk(&ctx, entity, &chunk.bytes));
+            });
+            if job_tx.send((rows, rx)).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    let collect = async {
+        let mut stats = Stats::default();
+        while let Some((rows, rx)) = job_rx.recv().await {
+            let batch = rx.await.context("transform worker panicked")??;
+            for (target, enc) in batch.out {
+                if enc.is_empty() {
+                    continue;
+                }
+                let tx = senders
+                    .get(&target)
+                    .with_context(|| format!("no open writer for `{}`", target.name()))?;
+                tx.send(enc.into_bytes()).await.map_err(|_| {
+                    anyhow::anyhow!("the MAS writer for `{}` stopped", target.name())
+                })?;
+            }
+            stats.merge(&batch.stats);
+            bar.inc(rows as u64);
+        }
+        Ok::<Stats, anyhow::Error>(stats)
+    };
+    let (_, (), stats) = tokio::try_join!(read, dispatch, collect)?;
+    Ok(stats)
+}
+
+/// When the load failed because a writer stopped, the writer's own error is the real cause.
+async fn first_writer_error(writers: Writers) -> Option<anyhow::Error> {
+    for (_, w) in writers {
+        w.abort();
+        if let Ok(Err(e)) = w.await {
+            return Some(e);
+        }
+    }
+    None
+}
+
+async fn join_writers(writers: Writers) -> anyhow::Result<BTreeMap<Target, u64>> {
+    let mut written = BTreeMap::new();
+    for (t, w) in writers {
+        written.insert(t, w.await.context("MAS writer panicked")??);
+    }
+    Ok(written)
+}
+
+/// The rows PostgreSQL stored must be the rows the transform encoded, table by table.
+fn verify_written(stats: &Stats, written: &BTreeMap<Target, u64>) -> anyhow::Result<()> {
+    for t in Target::ALL {
+        let encoded = stats.written.get(&t).copied().unwrap_or(0);
+        let stored = written.get(&t).copied().unwrap_or(0);
+        if encoded != stored {
+            bail!(
+                "MAS `{}` stored {stored} rows but syn2mas sent {encoded}; nothing was swapped in",
+                t.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The per-entity summary, asserting that every row read was migrated or skipped.
+fn summarise(stats: &Stats, seconds: &BTreeMap<Entity, f64>) -> anyhow::Result<Vec<EntitySummary>> {
+    let mut out = Vec::new();
+    for e in [
+        Entity::Users,
+        Entity::Threepids,
+        Entity::ExternalIds,
+        Entity::Devices,
+        Entity::AccessTokens,
+        Entity::RefreshTokens,
+    ] {
+        let c = stats.entities.get(&e).cloned().unwrap_or_default();
+        check_accounted(e, &c)?;
+        let secs = seconds.get(&e).copied().unwrap_or(0.0);
+        out.push(EntitySummary {
+            entity: e.name().to_owned(),
+            read: c.read,
+            migrated: c.migrated,
+            skipped: c
+                .skipped
+                .iter()
+                .map(|(r, n)| ((*r).to_owned(), *n))
+                .collect(),
+            seconds: secs,
+            rows_per_second: if secs > 0.0 {
+                c.read as f64 / secs
+            } else {
+                0.0
+            },
+        });
+    }
+    Ok(out)
+}
+
+fn check_accounted(e: Entity, c: &EntityCounts) -> anyhow::Result<()> {
+    if c.read != c.migrated + c.skipped_total() {
+        bail!(
+            "accounting error for `{}`: read {} ≠ migrated {} + skipped {}",
+            e.name(),
+            c.read,
+            c.migrated,
+            c.skipped_total()
+        );
+    }
+    Ok(())
+}
+
+fn plan_mismatches(plan: &Plan, entities: &[EntitySummary]) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in entities {
+        if let Some(p) = plan.entities.iter().find(|p| p.entity == e.entity) {
+            if p.read != e.read || p.migrate != e.migrated {
+                out.push(format!(
+                    "{}: check planned {} read / {} migrated, migrate saw {} / {}",
+                    e.entity, p.read, p.migrate, e.read, e.migrated
+                ));
+            }
+        }
+    }
+    out
+}
+
+impl Summary {
+    /// The table printed at the end of a run.
+    pub fn render_human(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        let title = if self.dry_run {
+            "Dry run complete: everything was migrated, validated and rolled back; MAS is unchanged."
+        } else {
+            "Migration complete."
+        };
+        writeln!(out, "\n{title}\n")?;
+        writeln!(
+            out,
+            "{:<18} {:>10} {:>10} {:>10} {:>8} {:>11}  skipped by reason",
+            "entity", "read", "migrated", "skipped", "seconds", "rows/s"
+        )?;
+        for e in &self.entities {
+            let reasons: Vec<String> = e.skipped.iter().map(|(r, n)| format!("{r}={n}")).collect();
+            writeln!(
+                out,
+                "{:<18} {:>10} {:>10} {:>10} {:>8.2} {:>11.0}  {}",
+                e.entity,
+                e.read,
+                e.migrated,
+                e.skipped.values().sum::<u64>(),
+                e.seconds,
+                e.rows_per_second,
+                reasons.join(", ")
+            )?;
+        }
+        writeln!(out, "\nMAS rows written:")?;
+        for (t, n) in &self.mas_rows {
+            writeln!(out, "  {t:<34} {n:>10}")?;
+        }
+        if self.invalid_device_ips > 0 {
+            writeln!(
+                out,
+                "\n{} device IP addresses could not be parsed and were stored as NULL.",
+                self.invalid_device_ips
+            )?;
+        }
+        for m in &self.plan_mismatches {
+            writeln!(out, "warning: Synapse changed since check: {m}")?;
+        }
+        writeln!(
+            out,
+            "\nload {:.2}s, rebuild {:.2}s (after load), swap {:.2}s, total {:.2}s; read = migrated + skipped for every entity.",
+            self.load_seconds, self.rebuild_seconds, self.swap_seconds, self.total_seconds
+        )
+    }
+}

@@ -1,0 +1,293 @@
+//! Shadow tables: created empty next to the real ones, loaded and rebuilt, then swapped in by
+//! one transaction.
+
+use anyhow::{Context, bail};
+use tokio_postgres::{Client, Transaction};
+
+use super::tables::Target;
+
+/// Prefix of everything syn2mas creates in MAS; anything carrying it is a leftover of an
+/// interrupted run and safe to drop.
+pub const PREFIX: &str = "syn2mas_new_";
+
+pub fn shadow_name(target: Target) -> String {
+    format!("{PREFIX}{}", target.name())
+}
+
+/// Drops the shadow tables an interrupted run left behind; returns their names so the caller
+/// can say so.
+pub async fn drop_leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT quote_ident(relname) FROM pg_class
+              WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r'
+                AND starts_with(relname, $1)
+              ORDER BY relname",
+            &[&PREFIX],
+        )
+        .await
+        .context("looking for leftovers of an interrupted run")?;
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    if !names.is_empty() {
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {} CASCADE",
+                names.join(", ")
+            ))
+            .await
+            .context("dropping leftovers of an interrupted run")?;
+    }
+    Ok(names)
+}
+
+/// Refuses to start when something depends on the target tables that the swap could not carry
+/// over (views, triggers, rules, policies, publications), or when a table is missing or not
+/// empty. Cheap, and run before any work so a doomed migration fails in the first second.
+pub async fn preflight(client: &Client) -> anyhow::Result<()> {
+    let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
+    let found: Vec<String> = client
+        .query(
+            "SELECT relname FROM pg_class
+              WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r'
+                AND relname = ANY($1)",
+            &[&names],
+        )
+        .await
+        .context("looking up the MAS tables")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !found.iter().any(|f| f == n))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the MAS database has no table {} in schema `current_schema()`: is this a MAS database, and is its schema up to date (`mas-cli database migrate`)?",
+            missing.join(", ")
+        );
+    }
+    let deps = client
+        .query(include_str!("../../sql/swap_blockers.sql"), &[&names])
+        .await
+        .context("looking for objects that depend on the MAS tables")?;
+    if !deps.is_empty() {
+        let list: Vec<String> = deps.iter().map(|r| r.get(0)).collect();
+        bail!(
+            "these objects depend on the MAS tables and would not survive the final swap: {}. Remove them before migrating and recreate them after.",
+            list.join("; ")
+        );
+    }
+    for t in Target::ALL {
+        let n: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT 1) s",
+                    t.name()
+                ),
+                &[],
+            )
+            .await
+            .with_context(|| format!("reading MAS `{}`", t.name()))?
+            .get(0);
+        if n > 0 {
+            bail!(
+                "the MAS database is not empty: table `{}` has rows. syn2mas only migrates into an empty MAS database.",
+                t.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Creates the eight empty shadow tables: same columns, defaults and storage as the real ones,
+/// no indexes or constraints (those are built after the load), autovacuum off so it does not
+/// compete with the rebuild for the CPU.
+pub async fn create(client: &Client) -> anyhow::Result<()> {
+    let mut sql = String::from("BEGIN;");
+    for t in Target::ALL {
+        sql.push_str(&format!(
+            "CREATE TABLE {shadow} (LIKE {real} INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING COMPRESSION \
+             INCLUDING GENERATED INCLUDING IDENTITY) WITH (autovacuum_enabled = false);",
+            shadow = shadow_name(t),
+            real = t.name()
+        ));
+    }
+    sql.push_str("COMMIT;");
+    client
+        .batch_execute(&sql)
+        .await
+        .context("creating the shadow tables in MAS")
+}
+
+/// A renaming the swap applies to an object built under a temporary name.
+#[derive(Debug, Clone)]
+pub enum Rename {
+    /// `ALTER TABLE <table> RENAME CONSTRAINT <from> TO <to>` (renames the backing index too).
+    Constraint {
+        target: Target,
+        from: String,
+        to: String,
+    },
+    /// `ALTER INDEX <from> RENAME TO <to>`.
+    Index { from: String, to: String },
+}
+
+/// What the real tables carried that a fresh table does not.
+struct Carried {
+    incoming: Vec<(String, String, String)>,
+    owners: Vec<(String, String)>,
+    grants: Vec<String>,
+    options: Vec<(String, Vec<String>)>,
+    comments: Vec<(String, String)>,
+}
+
+/// The swap: one transaction that checks the real tables are still empty, replaces them with
+/// the shadows, renames every index and constraint to its real name and restores the foreign
+/// keys of other tables, owners, grants, options and comments. With `commit = false` (dry-run)
+/// it is rolled back after doing everything, which proves it would have worked.
+pub async fn swap(client: &mut Client, renames: &[Rename], commit: bool) -> anyhow::Result<()> {
+    let tx = client.transaction().await.context("starting the swap")?;
+    tx.batch_execute("SET LOCAL lock_timeout = '60s'").await?;
+    let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
+    tx.batch_execute(&format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        names.join(", ")
+    ))
+    .await
+    .context("locking the MAS tables for the swap (is MAS running and holding them?)")?;
+    ensure_still_empty(&tx).await?;
+    let carried = carried(&tx, &names).await?;
+    for (table, name, _) in &carried.incoming {
+        tx.batch_execute(&format!("ALTER TABLE {table} DROP CONSTRAINT {name}"))
+            .await
+            .with_context(|| format!("dropping {name} on {table} for the swap"))?;
+    }
+    tx.batch_execute(&format!("DROP TABLE {}", names.join(", ")))
+        .await
+        .context("dropping the empty MAS tables for the swap")?;
+    for t in Target::ALL {
+        tx.batch_execute(&format!(
+            "ALTER TABLE {} RENAME TO {}; ALTER TABLE {} RESET (autovacuum_enabled)",
+            shadow_name(t),
+            t.name(),
+            t.name()
+        ))
+        .await
+        .with_context(|| format!("renaming the shadow of `{}`", t.name()))?;
+    }
+    for r in renames {
+        let sql = match r {
+            Rename::Constraint { target, from, to } => {
+                format!(
+                    "ALTER TABLE {} RENAME CONSTRAINT {from} TO {to}",
+                    target.name()
+                )
+            }
+            Rename::Index { from, to } => format!("ALTER INDEX {from} RENAME TO {to}"),
+        };
+        tx.batch_execute(&sql)
+            .await
+            .with_context(|| format!("swap: {sql}"))?;
+    }
+    restore(&tx, &carried).await?;
+    if commit {
+        tx.commit().await.context("committing the swap")?;
+    } else {
+        tx.rollback()
+            .await
+            .context("rolling back the dry-run swap")?;
+    }
+    Ok(())
+}
+
+async fn ensure_still_empty(tx: &Transaction<'_>) -> anyhow::Result<()> {
+    for t in Target::ALL {
+        let has: bool = tx
+            .query_one(&format!("SELECT EXISTS (SELECT 1 FROM {})", t.name()), &[])
+            .await?
+            .get(0);
+        if has {
+            bail!(
+                "MAS table `{}` received rows while syn2mas was running (is MAS running?); nothing was changed",
+                t.name()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn carried(tx: &Transaction<'_>, names: &[&str]) -> anyhow::Result<Carried> {
+    let q = |sql: &'static str| async move {
+        tx.query(sql, &[&names])
+            .await
+            .with_context(|| format!("reading the MAS catalogue: {sql}"))
+    };
+    let incoming = q("SELECT k.conrelid::regclass::text, quote_ident(k.conname), pg_get_constraintdef(k.oid)
+                        FROM pg_constraint k JOIN pg_class r ON r.oid = k.confrelid JOIN pg_class c ON c.oid = k.conrelid
+                       WHERE k.contype = 'f' AND r.relnamespace = current_schema()::regnamespace
+                         AND r.relname = ANY($1)
+                         AND NOT (c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1))
+                       ORDER BY 1, 2")
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect();
+    let owners = q("SELECT quote_ident(c.relname), quote_ident(pg_get_userbyid(c.relowner)) FROM pg_class c
+                     WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1) AND c.relkind = 'r'")
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    let grants = q(include_str!("../../sql/swap_grants.sql"))
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let options = q("SELECT quote_ident(c.relname), c.reloptions FROM pg_class c
+                      WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1)
+                        AND c.relkind = 'r' AND c.reloptions IS NOT NULL")
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    let comments = q("SELECT quote_ident(c.relname), quote_literal(d.description) FROM pg_class c
+                       JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0
+                      WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1) AND c.relkind = 'r'")
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    Ok(Carried {
+        incoming,
+        owners,
+        grants,
+        options,
+        comments,
+    })
+}
+
+async fn restore(tx: &Transaction<'_>, c: &Carried) -> anyhow::Result<()> {
+    let mut sql = Vec::new();
+    for (table, owner) in &c.owners {
+        sql.push(format!("ALTER TABLE {table} OWNER TO {owner}"));
+    }
+    sql.extend(c.grants.iter().cloned());
+    for (table, options) in &c.options {
+        // reloptions entries are `name=value` pairs PostgreSQL itself validated.
+        sql.push(format!("ALTER TABLE {table} SET ({})", options.join(", ")));
+    }
+    for (table, comment) in &c.comments {
+        sql.push(format!("COMMENT ON TABLE {table} IS {comment}"));
+    }
+    for (table, name, def) in &c.incoming {
+        sql.push(format!("ALTER TABLE {table} ADD CONSTRAINT {name} {def}"));
+    }
+    for s in sql {
+        tx.batch_execute(&s)
+            .await
+            .with_context(|| format!("swap: {s}"))?;
+    }
+    Ok(())
+}

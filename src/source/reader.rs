@@ -1,0 +1,105 @@
+//! Streams one entity's rows out of Synapse as chunks of complete binary COPY tuples.
+
+use anyhow::{Context, bail};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::TryStreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use super::Entity;
+use crate::db::copy_binary::{header_len, scan_tuples};
+
+/// Target size of one chunk handed to a transform worker: large enough that per-chunk costs
+/// vanish, small enough that a few in flight keep memory flat.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// A run of complete tuples of one entity.
+#[derive(Debug)]
+pub struct Chunk {
+    pub bytes: Bytes,
+    pub rows: usize,
+}
+
+/// Runs `COPY (query) TO STDOUT (FORMAT binary)` and sends complete-row chunks to `tx`.
+/// Returns the number of rows read. Stops early (Ok) if the receiver went away, because then
+/// the pipeline is already failing for a reason reported elsewhere.
+pub async fn stream(
+    client: &Client,
+    entity: Entity,
+    tx: mpsc::Sender<Chunk>,
+) -> anyhow::Result<u64> {
+    let sql = format!("COPY ({}) TO STDOUT (FORMAT binary)", entity.query());
+    let stream = client
+        .copy_out(&sql)
+        .await
+        .with_context(|| format!("reading Synapse's `{}`", entity.name()))?;
+    futures::pin_mut!(stream);
+    let fields = entity.fields();
+    let mut buf = BytesMut::with_capacity(CHUNK_BYTES + (64 << 10));
+    let mut header_done = false;
+    let mut total = 0u64;
+    let mut finished = false;
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .with_context(|| format!("reading Synapse's `{}`", entity.name()))?
+    {
+        if finished {
+            bail!(
+                "data after the end of Synapse's `{}` COPY stream",
+                entity.name()
+            );
+        }
+        buf.extend_from_slice(&msg);
+        if !header_done {
+            match header_len(&buf)? {
+                Some(h) => {
+                    buf.advance(h);
+                    header_done = true;
+                }
+                None => continue,
+            }
+        }
+        if buf.len() >= CHUNK_BYTES {
+            let Some((sent, trailer)) = flush(&mut buf, fields, &tx).await? else {
+                return Ok(total);
+            };
+            total += sent;
+            finished = trailer;
+        }
+    }
+    if !finished {
+        let Some((sent, trailer)) = flush(&mut buf, fields, &tx).await? else {
+            return Ok(total);
+        };
+        total += sent;
+        if !trailer || !buf.is_empty() {
+            bail!(
+                "Synapse's `{}` COPY stream ended without its trailer",
+                entity.name()
+            );
+        }
+    }
+    Ok(total)
+}
+
+/// Sends the complete tuples at the front of `buf`; consumes the trailer if it follows them.
+/// `None` when the receiver is gone.
+async fn flush(
+    buf: &mut BytesMut,
+    fields: usize,
+    tx: &mpsc::Sender<Chunk>,
+) -> anyhow::Result<Option<(u64, bool)>> {
+    let scan = scan_tuples(buf, fields)?;
+    let rows = scan.rows;
+    if rows > 0 {
+        let bytes = buf.split_to(scan.complete).freeze();
+        if tx.send(Chunk { bytes, rows }).await.is_err() {
+            return Ok(None);
+        }
+    }
+    if scan.trailer {
+        buf.advance(2);
+    }
+    Ok(Some((rows as u64, scan.trailer)))
+}
