@@ -29,6 +29,26 @@ use crate::transform::{self, Ctx, EntityCounts, Ids, Stats};
 /// §1.4): holding it keeps the upstream tool and syn2mas from running at the same time.
 const UPSTREAM_SYN2MAS_LOCK: i64 = 6_584_285_998_412_104_315;
 
+/// Environment variable naming a point where a run stops and waits (`after-users`, `rebuild`,
+/// `swap`), so tests can kill it or break its connections at an exact moment. Unset in
+/// production; it only ever adds a wait, never changes what is written.
+pub const PAUSE_ENV: &str = "SYN2MAS_TEST_PAUSE";
+/// How long a pause lasts (seconds, default 600).
+pub const PAUSE_SECS_ENV: &str = "SYN2MAS_TEST_PAUSE_SECS";
+/// Fixes the migration's "now" (Unix ms) so two test runs produce identical rows.
+pub const NOW_ENV: &str = "SYN2MAS_TEST_NOW_MS";
+
+async fn pause_point(point: &str) {
+    if std::env::var(PAUSE_ENV).is_ok_and(|p| p == point) {
+        let secs = std::env::var(PAUSE_SECS_ENV)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600);
+        eprintln!("syn2mas: paused at {point}");
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    }
+}
+
 /// Chunks being transformed at once; with bounded channels this bounds memory.
 const IN_FLIGHT: usize = 4;
 
@@ -149,6 +169,7 @@ pub async fn run(
         }
     };
     let written = join_writers(writers).await?;
+    pause_point("rebuild").await;
     let rebuild_start = Instant::now();
     for t in rebuild_tasks {
         t.await.context("rebuild session panicked")??;
@@ -160,6 +181,7 @@ pub async fn run(
     let rebuild_seconds = rebuild_start.elapsed().as_secs_f64();
     verify_written(&stats, &written)?;
 
+    pause_point("swap").await;
     let swap_start = Instant::now();
     shadow::swap(&mut main, runner.renames(), !opts.dry_run).await?;
     if opts.dry_run {
@@ -241,10 +263,13 @@ fn context(mas: &MasConfig, opts: &MigrateOptions) -> anyhow::Result<Ctx> {
         .iter()
         .filter_map(|p| p.synapse_idp_id.clone().map(|s| (s, p.id.0)))
         .collect();
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("system clock before 1970")?
-        .as_millis() as i64;
+    let now_ms = match std::env::var(NOW_ENV).ok().and_then(|v| v.parse().ok()) {
+        Some(ms) => ms,
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("system clock before 1970")?
+            .as_millis() as i64,
+    };
     Ok(Ctx::new(
         ids,
         &mas.homeserver,
@@ -339,6 +364,9 @@ async fn load(
         seconds.insert(entity, start.elapsed().as_secs_f64());
         for t in closes {
             senders.remove(t);
+        }
+        if entity == Entity::Users {
+            pause_point("after-users").await;
         }
     }
     synapse

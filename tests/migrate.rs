@@ -1,0 +1,866 @@
+//! `syn2mas migrate` end to end on real throwaway databases: the rows produced for every edge
+//! case of the fixture, the catalogue after the swap, dry-run, and interruptions at each stage.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{GOOGLE_PROVIDER_UUID, Schema, TestDb, schemas, syn2mas_bin, write_configs};
+
+/// A fixed "now" for runs whose results are compared (2026-01-01T00:00:00Z).
+const NOW_MS: i64 = 1_767_225_600_000;
+
+const TARGETS: [&str; 8] = [
+    "users",
+    "user_passwords",
+    "user_emails",
+    "user_unsupported_third_party_ids",
+    "upstream_oauth_links",
+    "compat_sessions",
+    "compat_access_tokens",
+    "compat_refresh_tokens",
+];
+
+struct Env {
+    _dir: tempfile::TempDir,
+    synapse: TestDb,
+    mas: TestDb,
+    homeserver: PathBuf,
+    mas_config: PathBuf,
+}
+
+impl Env {
+    async fn new(schema: Schema) -> Env {
+        Self::with(TestDb::synapse(schema).await, schema).await
+    }
+
+    async fn with(synapse: TestDb, schema: Schema) -> Env {
+        let mas = TestDb::mas(schema).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (homeserver, mas_config) = write_configs(dir.path(), &synapse, &mas);
+        Env {
+            _dir: dir,
+            synapse,
+            mas,
+            homeserver,
+            mas_config,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(syn2mas_bin());
+        c.arg("-c")
+            .arg(&self.mas_config)
+            .arg("--synapse-config")
+            .arg(&self.homeserver)
+            .args(args)
+            .env("SYN2MAS_TEST_NOW_MS", NOW_MS.to_string())
+            .env_remove("SYN2MAS_TEST_PAUSE");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run syn2mas")
+    }
+
+    fn migrate(&self) -> Output {
+        let out = self.run(&["migrate", "--allow-warnings", "--seed", "1", "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "migrate failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let client = self.mas.client().await;
+        let rows = client.simple_query(sql).await.unwrap();
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn col(&self, sql: &str) -> Vec<String> {
+        self.rows(sql)
+            .await
+            .into_iter()
+            .map(|r| r[0].clone().unwrap_or_else(|| "NULL".into()))
+            .collect()
+    }
+
+    /// Every row of every target table as text, sorted: two equal dumps are equal databases.
+    async fn dump(&self) -> BTreeMap<&'static str, Vec<String>> {
+        let mut out = BTreeMap::new();
+        for t in TARGETS {
+            out.insert(
+                t,
+                self.col(&format!("SELECT x::text FROM {t} x ORDER BY 1"))
+                    .await,
+            );
+        }
+        out
+    }
+
+    async fn counts(&self) -> Vec<i64> {
+        let mut v = Vec::new();
+        for t in TARGETS {
+            v.push(self.mas.count(t).await);
+        }
+        v
+    }
+
+    /// The whole schema's catalogue: columns, indexes, constraints, relations with options,
+    /// owners and grants. Equal before and after means the swap recreated MAS's definitions.
+    async fn catalogue(&self) -> Vec<String> {
+        self.col(CATALOGUE).await
+    }
+
+    async fn shadow_tables(&self) -> Vec<String> {
+        self.col("SELECT relname FROM pg_class WHERE relname LIKE 'syn2mas_new_%' ORDER BY 1")
+            .await
+    }
+}
+
+const CATALOGUE: &str = "
+SELECT 'col ' || c.relname || ' ' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || ' notnull=' || a.attnotnull || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+ WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
+   AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'idx ' || tablename || ' ' || indexdef FROM pg_indexes WHERE schemaname = current_schema()
+UNION ALL
+SELECT 'con ' || conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+       || ' validated=' || convalidated
+  FROM pg_constraint WHERE connamespace = current_schema()::regnamespace
+UNION ALL
+SELECT 'rel ' || relname || ' ' || relkind::text || ' owner=' || pg_get_userbyid(relowner)
+       || ' opts=' || coalesce(array_to_string(reloptions, ','), '') || ' acl=' || coalesce(relacl::text, '')
+  FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind IN ('r', 'i')
+ORDER BY 1";
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Asserts one entity's line of the summary: read, migrated and skips by reason.
+fn assert_entity(
+    summary: &serde_json::Value,
+    entity: &str,
+    read: u64,
+    migrated: u64,
+    skipped: &[(&str, u64)],
+) {
+    let e = summary["migrate"]["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entity"] == entity)
+        .unwrap_or_else(|| panic!("no entity {entity} in {summary}"));
+    assert_eq!(e["read"], read, "{entity} read");
+    assert_eq!(e["migrated"], migrated, "{entity} migrated");
+    let got: BTreeMap<String, u64> = e["skipped"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    let want: BTreeMap<String, u64> = skipped.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+    assert_eq!(got, want, "{entity} skipped");
+    assert_eq!(
+        read,
+        migrated + want.values().sum::<u64>(),
+        "{entity}: read = migrated + skipped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_produces_the_expected_rows_for_every_edge_case() {
+    for schema in schemas() {
+        let env = Env::new(schema).await;
+        let out = env.migrate();
+        let summary = json(&out);
+        assert_entity(&summary, "users", 13, 10, &[("appservice", 3)]);
+        assert_entity(&summary, "user_threepids", 7, 5, &[("appservice", 2)]);
+        assert_entity(&summary, "user_external_ids", 4, 3, &[("appservice", 1)]);
+        assert_entity(
+            &summary,
+            "devices",
+            14,
+            9,
+            &[
+                ("appservice", 1),
+                ("deactivated", 1),
+                ("guest_device", 1),
+                ("hidden", 2),
+            ],
+        );
+        assert_entity(
+            &summary,
+            "access_tokens",
+            16,
+            10,
+            &[
+                ("appservice", 2),
+                ("deactivated", 1),
+                ("device_deleted", 1),
+                ("puppet", 1),
+                ("superseded", 1),
+            ],
+        );
+        assert_entity(
+            &summary,
+            "refresh_tokens",
+            6,
+            4,
+            &[("no_access_token", 1), ("superseded", 1)],
+        );
+        assert_eq!(summary["migrate"]["invalid_device_ips"], 1);
+        check_users(&env).await;
+        check_threepids_and_links(&env).await;
+        check_sessions(&env).await;
+        check_tokens(&env).await;
+        check_ulid_times(&env).await;
+    }
+}
+
+async fn check_users(env: &Env) {
+    let users = env
+        .rows(
+            "SELECT username, extract(epoch FROM created_at)::bigint, locked_at IS NOT NULL,
+                    deactivated_at IS NOT NULL, can_request_admin, is_guest,
+                    coalesce(locked_at = created_at, true) AND coalesce(deactivated_at = created_at, true)
+               FROM users ORDER BY username",
+        )
+        .await;
+    let expect = [
+        ("1001", "1700000000", "f", "f", "f", "t"),
+        ("MixedCase", "1620000000", "f", "f", "f", "f"),
+        ("admin", "1561000000", "f", "f", "t", "f"),
+        ("alice", "1579000000", "f", "f", "f", "f"),
+        ("carol", "1565000000", "f", "f", "t", "f"),
+        ("dave", "1640000000", "f", "f", "f", "f"),
+        ("erin", "1600000000", "f", "t", "f", "f"),
+        ("frank", "1610000000", "f", "t", "f", "f"),
+        ("grace", "1650000000", "t", "f", "f", "f"),
+        ("josé", "1760000000", "f", "f", "f", "f"),
+    ];
+    assert_eq!(users.len(), expect.len(), "{users:?}");
+    for (row, e) in users.iter().zip(expect) {
+        let got: Vec<&str> = row.iter().map(|c| c.as_deref().unwrap()).collect();
+        assert_eq!(got, vec![e.0, e.1, e.2, e.3, e.4, e.5, "t"], "user {}", e.0);
+    }
+    let passwords = env
+        .rows(
+            "SELECT u.username, p.hashed_password, p.version, p.created_at = u.created_at,
+                    p.upgraded_from_id IS NULL
+               FROM user_passwords p JOIN users u USING (user_id) ORDER BY u.username",
+        )
+        .await;
+    let names: Vec<&str> = passwords.iter().map(|r| r[0].as_deref().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "MixedCase",
+            "admin",
+            "alice",
+            "carol",
+            "erin",
+            "grace",
+            "josé"
+        ]
+    );
+    for r in &passwords {
+        assert_eq!(r[2].as_deref(), Some("1"));
+        assert_eq!(r[3].as_deref(), Some("t"));
+        assert_eq!(r[4].as_deref(), Some("t"));
+    }
+    let carol = passwords
+        .iter()
+        .find(|r| r[0].as_deref() == Some("carol"))
+        .unwrap();
+    assert_eq!(
+        carol[1].as_deref(),
+        Some("$2a$10$z7BaOEL06Q7bN46exl7x1OP38dSqrhcgBVdlZtD/1468v8iRkOkBu"),
+        "hashes are copied verbatim"
+    );
+}
+
+async fn check_threepids_and_links(env: &Env) {
+    let emails = env
+        .rows(
+            "SELECT u.username, e.email, (extract(epoch FROM e.created_at) * 1000)::bigint
+               FROM user_emails e JOIN users u USING (user_id) ORDER BY e.email",
+        )
+        .await;
+    let got: Vec<Vec<&str>> = emails
+        .iter()
+        .map(|r| r.iter().map(|c| c.as_deref().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            vec!["carol", "Carol.Smith@Example.COM", "1565000500000"],
+            vec!["alice", "alice@example.com", "1579000100000"],
+            vec!["erin", "erin@example.org", "1600000300000"],
+            vec!["josé", "jose@example.com", "1760000200000"],
+        ]
+    );
+    let other = env
+        .rows(
+            "SELECT u.username, t.medium, t.address, (extract(epoch FROM t.created_at) * 1000)::bigint
+               FROM user_unsupported_third_party_ids t JOIN users u USING (user_id)",
+        )
+        .await;
+    assert_eq!(other.len(), 1);
+    let o: Vec<&str> = other[0].iter().map(|c| c.as_deref().unwrap()).collect();
+    assert_eq!(o, ["alice", "msisdn", "447700900123", "1590000000000"]);
+    let links = env
+        .rows(
+            "SELECT u.username, l.subject, l.upstream_oauth_provider_id::text,
+                    l.created_at = u.created_at, l.human_account_name IS NULL
+               FROM upstream_oauth_links l JOIN users u USING (user_id) ORDER BY u.username",
+        )
+        .await;
+    let got: Vec<Vec<&str>> = links
+        .iter()
+        .map(|r| r.iter().map(|c| c.as_deref().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            vec![
+                "alice",
+                "108234567890123456789",
+                GOOGLE_PROVIDER_UUID,
+                "t",
+                "t"
+            ],
+            vec![
+                "dave",
+                "112233445566778899001",
+                GOOGLE_PROVIDER_UUID,
+                "t",
+                "t"
+            ],
+            vec![
+                "frank",
+                "100000000000000000042",
+                GOOGLE_PROVIDER_UUID,
+                "t",
+                "t"
+            ],
+        ]
+    );
+}
+
+async fn check_sessions(env: &Env) {
+    let sessions = env
+        .rows(
+            "SELECT u.username, coalesce(s.device_id, '(none)'), coalesce(s.human_name, ''),
+                    (extract(epoch FROM s.created_at) * 1000)::bigint, s.is_synapse_admin,
+                    coalesce((extract(epoch FROM s.last_active_at) * 1000)::bigint::text, ''),
+                    coalesce(host(s.last_active_ip), ''), coalesce(s.user_agent, ''),
+                    s.finished_at IS NULL AND s.user_session_id IS NULL
+               FROM compat_sessions s JOIN users u USING (user_id)
+              ORDER BY 1, 2",
+        )
+        .await;
+    let now = NOW_MS.to_string();
+    let expect: Vec<[&str; 9]> = vec![
+        [
+            "MixedCase",
+            "MIXEDDEV",
+            "",
+            "1763999700000",
+            "f",
+            "1761000000000",
+            "10.0.0.5",
+            "nheko/0.12.0",
+            "t",
+        ],
+        [
+            "admin",
+            "ADMINDESK",
+            "Admin desktop",
+            "1750000000000",
+            "t",
+            "1764100000000",
+            "::ffff:1.2.3.4",
+            "Element/1.11.80 (Windows)",
+            "t",
+        ],
+        ["alice", "(none)", "", "1700000000000", "f", "", "", "", "t"],
+        [
+            "alice",
+            "ALICELAPTOP",
+            "Alice's laptop",
+            "1763900000000",
+            "f",
+            "1763900000000",
+            "2001:db8:85a3::8a2e:370:7334",
+            "Mozilla/5.0 (X11; Linux x86_64) Element/1.11.80",
+            "t",
+        ],
+        [
+            "alice",
+            "ALICEPHONE",
+            "Alice's phone",
+            "1763000000000",
+            "f",
+            "1764000000000",
+            "198.51.100.23",
+            "Element/1.6.20 (Android 14)",
+            "t",
+        ],
+        [
+            "carol",
+            "CAROLOLD",
+            "Riot Web",
+            &now,
+            "t",
+            "1566000000000",
+            "",
+            "Riot/0.17.9",
+            "t",
+        ],
+        [
+            "carol",
+            "CAROLTAB",
+            "Carol's tablet",
+            &now,
+            "t",
+            "1700000000000",
+            "",
+            "",
+            "t",
+        ],
+        [
+            "dave",
+            "DAVEWEB",
+            "Dave's browser",
+            "1672444800000",
+            "f",
+            "",
+            "",
+            "Mozilla/5.0 (Macintosh)",
+            "t",
+        ],
+        [
+            "grace",
+            "GRACEPC",
+            "Grace's PC",
+            "1761000000000",
+            "f",
+            "1762000000000",
+            "203.0.113.7",
+            "Element/1.11.79 (Linux)",
+            "t",
+        ],
+        [
+            "josé",
+            "JOSEDEV",
+            "Móvil de José",
+            &now,
+            "f",
+            "1760100000000",
+            "192.0.2.200",
+            "FluffyChat/1.20",
+            "t",
+        ],
+    ];
+    let got: Vec<Vec<&str>> = sessions
+        .iter()
+        .map(|r| r.iter().map(|c| c.as_deref().unwrap()).collect())
+        .collect();
+    let want: Vec<Vec<&str>> = expect.iter().map(|r| r.to_vec()).collect();
+    assert_eq!(got, want);
+}
+
+async fn check_tokens(env: &Env) {
+    let tokens = env
+        .rows(
+            "SELECT t.access_token, u.username, coalesce(s.device_id, '(none)'),
+                    (extract(epoch FROM t.created_at) * 1000)::bigint,
+                    coalesce((extract(epoch FROM t.expires_at) * 1000)::bigint::text, '')
+               FROM compat_access_tokens t JOIN compat_sessions s USING (compat_session_id)
+               JOIN users u ON u.user_id = s.user_id
+              ORDER BY t.created_at, t.access_token",
+        )
+        .await;
+    let got: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|r| {
+            let mut v: Vec<String> = r.iter().map(|c| c.clone().unwrap()).collect();
+            v[0] = v[0][..16.min(v[0].len())].to_owned();
+            v
+        })
+        .collect();
+    let now = NOW_MS.to_string();
+    let expect: Vec<[&str; 5]> = vec![
+        [
+            "syt_ZGF2ZQ_dkRXV",
+            "dave",
+            "DAVEWEB",
+            "1672444800000",
+            "1672531200000",
+        ],
+        ["syt_YWxpY2U_wDwZ", "alice", "(none)", "1700000000000", ""],
+        [
+            "syt_YWRtaW4_MiNU",
+            "admin",
+            "ADMINDESK",
+            "1750000000000",
+            "",
+        ],
+        [
+            "syt_Z3JhY2U_SokR",
+            "grace",
+            "GRACEPC",
+            "1761000000000",
+            "1811808000000",
+        ],
+        [
+            "syt_YWxpY2U_IlhrtBb",
+            "alice",
+            "ALICEPHONE",
+            "1763000000000",
+            "",
+        ],
+        [
+            "syt_YWxpY2U_ZfNC",
+            "alice",
+            "ALICEPHONE",
+            "1763000000000",
+            "1763000300000",
+        ],
+        [
+            "syt_YWxpY2U_EFWv",
+            "alice",
+            "ALICELAPTOP",
+            "1763999000000",
+            "1763999300000",
+        ],
+        [
+            "syt_TWl4ZWRDYXNl",
+            "MixedCase",
+            "MIXEDDEV",
+            "1763999700000",
+            "1764000000000",
+        ],
+        [
+            "syt_TWl4ZWRDYXNl",
+            "MixedCase",
+            "MIXEDDEV",
+            "1764000000000",
+            "1764000600000",
+        ],
+        ["MDAxOWxvY2F0aW9u", "carol", "CAROLOLD", &now, ""],
+    ];
+    let want: Vec<Vec<String>> = expect
+        .iter()
+        .map(|r| {
+            let mut v: Vec<String> = r.iter().map(|s| (*s).to_owned()).collect();
+            v[0] = v[0][..16.min(v[0].len())].to_owned();
+            v
+        })
+        .collect();
+    assert_eq!(got, want);
+    let pairs = env
+        .rows(
+            "SELECT r.refresh_token, a.access_token, r.compat_session_id = a.compat_session_id,
+                    r.created_at = a.created_at, r.consumed_at IS NULL
+               FROM compat_refresh_tokens r
+               JOIN compat_access_tokens a USING (compat_access_token_id)
+              ORDER BY r.refresh_token",
+        )
+        .await;
+    let got: Vec<Vec<&str>> = pairs
+        .iter()
+        .map(|r| r.iter().map(|c| c.as_deref().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            vec![
+                "syr_TWl4ZWRDYXNl_kwnNYZxyQMHKVWwbIERm_0okAwz",
+                "syt_TWl4ZWRDYXNl_nTkJZyqmVyLMvisxHoiP_2Hkw3q",
+                "t",
+                "t",
+                "t"
+            ],
+            vec![
+                "syr_TWl4ZWRDYXNl_qkyqXcoJlHxcfuIgfZKz_2Plz7n",
+                "syt_TWl4ZWRDYXNl_sSQELnyWJFwPGoQdMojB_4W4tS3",
+                "t",
+                "t",
+                "t"
+            ],
+            vec![
+                "syr_YWxpY2U_sQkjuhXNgnCGJmXUUtbP_1Gz0Cm",
+                "syt_YWxpY2U_ZfNCrgtJYBPxCYblPMNY_26me0Y",
+                "t",
+                "t",
+                "t"
+            ],
+            vec![
+                "syr_YWxpY2U_yZmITEjEHxkfYSgzUjqD_2uyVoF",
+                "syt_YWxpY2U_EFWvYEWfDhspbdVVSqJf_38jR45",
+                "t",
+                "t",
+                "t"
+            ],
+        ]
+    );
+}
+
+/// The 48-bit time part of every generated ULID equals the row's created_at (ms).
+async fn check_ulid_times(env: &Env) {
+    for (table, id) in [
+        ("users", "user_id"),
+        ("user_passwords", "user_password_id"),
+        ("user_emails", "user_email_id"),
+        ("upstream_oauth_links", "upstream_oauth_link_id"),
+        ("compat_sessions", "compat_session_id"),
+        ("compat_access_tokens", "compat_access_token_id"),
+        ("compat_refresh_tokens", "compat_refresh_token_id"),
+    ] {
+        let bad = env
+            .col(&format!(
+                "SELECT count(*) FROM {table}
+                  WHERE ('x' || lpad(substr(replace({id}::text, '-', ''), 1, 12), 16, '0'))::bit(64)::bigint
+                        <> (extract(epoch FROM created_at) * 1000)::bigint"
+            ))
+            .await;
+        assert_eq!(
+            bad,
+            ["0"],
+            "{table}: ULID time part differs from created_at"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_swap_recreates_every_index_and_constraint_exactly() {
+    for schema in schemas() {
+        let env = Env::new(schema).await;
+        let before = env.catalogue().await;
+        assert!(before.iter().any(|l| l.contains("users_username_trgm_idx")));
+        env.migrate();
+        let after = env.catalogue().await;
+        assert_eq!(before, after, "catalogue changed ({schema:?})");
+        assert!(env.shadow_tables().await.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_leaves_mas_byte_for_byte_unchanged() {
+    for schema in schemas() {
+        let env = Env::new(schema).await;
+        let before = pg_dump(&env.mas);
+        let out = env.run(&["migrate", "--dry-run", "--allow-warnings", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let summary = json(&out);
+        assert_eq!(summary["migrate"]["dry_run"], true);
+        assert_eq!(summary["migrate"]["mas_rows"]["users"], 10);
+        let after = pg_dump(&env.mas);
+        let changed: Vec<(&str, &str)> = before
+            .lines()
+            .zip(after.lines())
+            .filter(|(a, b)| a != b)
+            .take(5)
+            .collect();
+        assert!(
+            changed.is_empty() && before.lines().count() == after.lines().count(),
+            "dry-run changed MAS ({schema:?}): {changed:?}"
+        );
+        // And a real run afterwards still works.
+        env.migrate();
+        assert_eq!(env.mas.count("users").await, 10);
+    }
+}
+
+fn pg_dump(db: &TestDb) -> String {
+    let s = common::server();
+    let out = Command::new("pg_dump")
+        .args([
+            "-h",
+            &s.host,
+            "-p",
+            &s.port.to_string(),
+            "-U",
+            &s.user,
+            "-d",
+            &db.name,
+        ])
+        .output()
+        .expect("pg_dump");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // pg_dump ≥ 15.14 brackets its output with a random `\restrict` key; it is not data.
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_run_refuses_because_mas_is_not_empty() {
+    let env = Env::new(Schema::Project).await;
+    env.migrate();
+    let dump = env.dump().await;
+    let out = env.run(&["migrate", "--allow-warnings"]);
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    assert!(stderr(&out).contains("E-mas-not-empty"), "{}", stderr(&out));
+    assert_eq!(env.dump().await, dump);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_refuses_warnings_without_allow_warnings() {
+    let env = Env::new(Schema::Project).await;
+    let out = env.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(11), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--allow-warnings"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.counts().await, vec![0; 8]);
+    assert!(env.shadow_tables().await.is_empty());
+}
+
+/// Starts a migration that stops at `point`, waits until it says so, and returns the child.
+fn start_paused(env: &Env, point: &str, secs: u64) -> std::process::Child {
+    let mut child = env
+        .command(&["migrate", "--allow-warnings", "--seed", "1"])
+        .env("SYN2MAS_TEST_PAUSE", point)
+        .env("SYN2MAS_TEST_PAUSE_SECS", secs.to_string())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn syn2mas");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "never paused at {point}");
+        match lines.next() {
+            Some(Ok(l)) if l.contains(&format!("paused at {point}")) => break,
+            Some(_) => continue,
+            None => panic!(
+                "syn2mas exited before pausing at {point}: {:?}",
+                child.wait()
+            ),
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_any_stage_leaves_mas_as_before_and_the_next_run_recovers() {
+    let reference = Env::new(Schema::Project).await;
+    reference.migrate();
+    let expected = reference.dump().await;
+    for point in ["after-users", "rebuild", "swap"] {
+        let env = Env::new(Schema::Project).await;
+        let catalogue = env.catalogue().await;
+        let mut child = start_paused(&env, point, 600);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(env.counts().await, vec![0; 8], "killed at {point}");
+        assert!(
+            !env.shadow_tables().await.is_empty(),
+            "shadows left at {point}"
+        );
+        let out = env.migrate();
+        assert!(
+            stderr(&out).contains("Dropped leftovers of an interrupted earlier run"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(env.dump().await, expected, "result after a kill at {point}");
+        assert_eq!(
+            env.catalogue().await,
+            catalogue,
+            "catalogue after a kill at {point}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn terminated_connections_fail_the_run_and_roll_it_back() {
+    let env = Env::new(Schema::Project).await;
+    let catalogue = env.catalogue().await;
+    let mut child = start_paused(&env, "rebuild", 3);
+    env.mas
+        .exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'syn2mas' AND datname = current_database()")
+        .await;
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(env.counts().await, vec![0; 8]);
+    assert!(
+        env.shadow_tables().await.is_empty(),
+        "the failed run cleans up after itself"
+    );
+    assert_eq!(env.catalogue().await, catalogue);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_appearing_in_mas_during_the_run_abort_the_swap() {
+    let env = Env::new(Schema::Project).await;
+    let mut child = start_paused(&env, "swap", 3);
+    env.mas
+        .exec("INSERT INTO users (user_id, username, created_at) VALUES (gen_random_uuid(), 'intruder', now())")
+        .await;
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(env.col("SELECT username FROM users").await, ["intruder"]);
+    assert_eq!(env.mas.count("compat_sessions").await, 0);
+    assert!(env.shadow_tables().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_constraint_failure_in_the_rebuild_rolls_everything_back() {
+    let env = Env::new(Schema::Project).await;
+    let catalogue = env.catalogue().await;
+    let mut child = start_paused(&env, "after-users", 3);
+    // A duplicate of a token the run will load makes the unique index build fail.
+    env.mas
+        .exec(
+            "INSERT INTO syn2mas_new_compat_access_tokens (compat_access_token_id, compat_session_id, access_token, created_at)
+             VALUES (gen_random_uuid(), gen_random_uuid(), 'syt_YWxpY2U_IlhrtBbRFxtBMrIbBaVB_3IZwIM', now())",
+        )
+        .await;
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(env.counts().await, vec![0; 8]);
+    assert!(env.shadow_tables().await.is_empty());
+    assert_eq!(env.catalogue().await, catalogue);
+}
