@@ -77,6 +77,8 @@ pub enum Command {
     Check,
     /// Run every check, then migrate Synapse's accounts into MAS, all or nothing
     Migrate(MigrateArgs),
+    /// Create two demo databases from the bundled fixture on the local PostgreSQL, then check and migrate them
+    Demo,
 }
 
 #[derive(Debug, Args, Clone)]

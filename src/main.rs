@@ -96,7 +96,18 @@ fn load(g: &GlobalArgs) -> anyhow::Result<Loaded> {
     })
 }
 
-async fn run(cli: Cli) -> anyhow::Result<u8> {
+async fn run(mut cli: Cli) -> anyhow::Result<u8> {
+    if matches!(cli.command, Command::Demo) {
+        let configs = syn2mas::demo::prepare().await?;
+        cli.global.config = vec![configs.mas];
+        cli.global.synapse_config = vec![configs.homeserver];
+        cli.command = Command::Migrate(MigrateArgs {
+            dry_run: false,
+            allow_warnings: true,
+            seed: None,
+            rebuild_sessions: 2,
+        });
+    }
     let g = &cli.global;
     let l = load(g)?;
     let report = check::run(&CheckInputs {
@@ -116,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(report.exit_code())
         }
         Command::Migrate(args) => migrate_after_check(g, args, &l, report).await,
+        Command::Demo => unreachable!("demo runs as migrate"),
     }
 }
 

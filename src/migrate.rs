@@ -129,6 +129,7 @@ pub async fn run(
         ));
     }
     shadow::preflight(&main).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "MAS checked and locked");
     let defs = catalog::read(&main).await?;
 
     let synapse = synapse_db.connect("Synapse").await?;
@@ -138,10 +139,12 @@ pub async fn run(
         LockMode::Exclusive
     };
     snapshot::open(&synapse, lock).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "Synapse snapshot open");
     let ctx = Arc::new(context(mas, opts)?);
     source::set_query_params(&synapse, ctx.providers.keys().map(String::as_str)).await?;
 
     shadow::create(&main).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "shadow tables created");
     let mas_rows_plan: BTreeMap<Target, u64> = Target::ALL
         .iter()
         .map(|t| (*t, plan.mas_rows.get(t.name()).copied().unwrap_or(0)))
@@ -157,6 +160,7 @@ pub async fn run(
     )
     .await?;
     let (senders, writers) = spawn_writers(mas_db, &runner, sessions).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "MAS sessions open");
 
     let load = load(&synapse, &ctx, plan, progress, senders).await;
     let load_seconds = started.elapsed().as_secs_f64();
@@ -286,16 +290,27 @@ async fn spawn_rebuild(
     bar: &indicatif::ProgressBar,
     sessions: &Sessions,
 ) -> anyhow::Result<Vec<JoinHandle<anyhow::Result<()>>>> {
-    let mut tasks = Vec::new();
-    for _ in 0..n.max(1) {
-        let client = mas_db.connect("MAS").await?;
-        sessions.track(&client).await?;
-        let bar = bar.clone();
-        tasks.push(tokio::spawn(
-            runner.clone().session(client, move |_| bar.inc(1)),
-        ));
+    let clients = open_sessions(mas_db, n.max(1), sessions).await?;
+    Ok(clients
+        .into_iter()
+        .map(|client| {
+            let bar = bar.clone();
+            tokio::spawn(runner.clone().session(client, move |_| bar.inc(1)))
+        })
+        .collect())
+}
+
+/// Opens `n` MAS sessions at once (a TLS handshake each; in series they add up).
+async fn open_sessions(
+    mas_db: &ConnectOptions,
+    n: usize,
+    sessions: &Sessions,
+) -> anyhow::Result<Vec<Client>> {
+    let clients = futures::future::try_join_all((0..n).map(|_| mas_db.connect("MAS"))).await?;
+    for c in &clients {
+        sessions.track(c).await?;
     }
-    Ok(tasks)
+    Ok(clients)
 }
 
 type Writers = Vec<(Target, JoinHandle<anyhow::Result<u64>>)>;
@@ -307,9 +322,9 @@ async fn spawn_writers(
 ) -> anyhow::Result<(BTreeMap<Target, mpsc::Sender<Vec<u8>>>, Writers)> {
     let mut senders = BTreeMap::new();
     let mut writers = Vec::new();
-    for t in Target::ALL {
-        let client = mas_db.connect("MAS").await?;
-        sessions.track(&client).await?;
+    let clients = open_sessions(mas_db, Target::ALL.len(), sessions).await?;
+    for (t, client) in Target::ALL.into_iter().zip(clients) {
+        // The shadow tables are disposable until the swap, whose own commit is synchronous.
         client.batch_execute("SET synchronous_commit = off").await?;
         let (tx, rx) = mpsc::channel(4);
         senders.insert(t, tx);
