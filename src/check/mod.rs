@@ -75,7 +75,7 @@ async fn inspect(inputs: &CheckInputs<'_>, synapse: &Client, mas: &Client) -> Re
         return Ok(report);
     };
     report.findings.extend(facts.findings);
-    let (findings, mappings) = providers::analyse(
+    let analysis = providers::analyse(
         &facts.providers,
         &providers::ProviderInputs {
             synapse: inputs.synapse,
@@ -84,8 +84,13 @@ async fn inspect(inputs: &CheckInputs<'_>, synapse: &Client, mas: &Client) -> Re
             ignore_missing_auth_providers: inputs.ignore_missing_auth_providers,
         },
     );
-    report.findings.extend(findings);
-    report.providers = mappings;
+    for (auth_provider, mut finding) in analysis.findings {
+        if finding.examples.is_empty() {
+            finding.examples = synapse_data::provider_users(synapse, &auth_provider).await?;
+        }
+        report.findings.push(finding);
+    }
+    report.providers = analysis.mappings;
     report.plan = Some(plan(synapse, inputs.mas).await?);
     Ok(report)
 }

@@ -23,19 +23,24 @@ pub struct ProviderInputs<'a> {
     pub ignore_missing_auth_providers: bool,
 }
 
+/// Result of [`analyse`].
+#[derive(Debug, Default)]
+pub struct ProviderAnalysis {
+    /// Each finding with the `auth_provider` it is about (for fetching example users).
+    pub findings: Vec<(String, Finding)>,
+    pub mappings: Vec<ProviderMapping>,
+}
+
 /// Findings and the mapping table for `(auth_provider, rows)` pairs.
-pub fn analyse(
-    found: &[(String, u64)],
-    inputs: &ProviderInputs<'_>,
-) -> (Vec<Finding>, Vec<ProviderMapping>) {
-    let mut findings = Vec::new();
-    let mut mappings = Vec::new();
+pub fn analyse(found: &[(String, u64)], inputs: &ProviderInputs<'_>) -> ProviderAnalysis {
+    let mut out = ProviderAnalysis::default();
     for (auth_provider, rows) in found {
         let (mapping, finding) = one(auth_provider, *rows, inputs);
-        findings.extend(finding);
-        mappings.push(mapping);
+        out.findings
+            .extend(finding.map(|f| (auth_provider.clone(), f)));
+        out.mappings.push(mapping);
     }
-    (findings, mappings)
+    out
 }
 
 fn one(
@@ -347,7 +352,7 @@ mod tests {
         ignore: bool,
     ) -> (Vec<Finding>, Vec<ProviderMapping>) {
         let found: Vec<(String, u64)> = found.iter().map(|(a, n)| ((*a).into(), *n)).collect();
-        analyse(
+        let a = analyse(
             &found,
             &ProviderInputs {
                 synapse: s,
@@ -355,7 +360,8 @@ mod tests {
                 in_database: db,
                 ignore_missing_auth_providers: ignore,
             },
-        )
+        );
+        (a.findings.into_iter().map(|(_, f)| f).collect(), a.mappings)
     }
 
     fn in_db() -> HashSet<String> {

@@ -11,6 +11,9 @@ use std::io::{self, Write};
 /// Version of the `--json` document layout. Bump it when a field changes meaning or disappears.
 pub const JSON_VERSION: u64 = 1;
 
+/// JSON Schema (draft 2020-12) of [`Report::to_json`]'s document.
+pub const JSON_SCHEMA: &str = include_str!("report.schema.json");
+
 /// How many examples a finding carries at most: enough to find the rows, short enough to read.
 pub const MAX_EXAMPLES: usize = 5;
 
@@ -508,6 +511,42 @@ mod tests {
                 .unwrap_or_else(|| panic!("{needle:?} missing or out of order in:\n{text}"));
             at += pos;
         }
+    }
+
+    #[test]
+    fn json_matches_the_published_schema() {
+        let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut r = sample();
+        r.providers.push(ProviderMapping {
+            auth_provider: "oidc-github".into(),
+            rows: 3,
+            synapse: Some(SynapseProviderInfo {
+                idp_id: Some("github".into()),
+                issuer: None,
+            }),
+            mas: Some(MasProviderInfo {
+                id: "01H8PKNWKKRPCBW4YGH1RWV279".into(),
+                synapse_idp_id: Some("github".into()),
+                issuer: None,
+                enabled: true,
+                in_database: None,
+                matched_by: MatchedBy::BareIdpId,
+            }),
+            status: ProviderStatus::Unmapped,
+            advice: "change it".into(),
+        });
+        for doc in [r.to_json(), Report::default().to_json()] {
+            let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+        // The schema is strict: a misspelt field is rejected, so it cannot silently drift.
+        let mut bad = r.to_json();
+        bad["warnings"][0]["sevirity"] = "warning".into();
+        assert!(!validator.is_valid(&bad));
+        let mut bad = r.to_json();
+        bad["errors"][0]["severity"] = "warning".into();
+        assert!(!validator.is_valid(&bad));
     }
 
     #[test]

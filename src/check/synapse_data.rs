@@ -455,6 +455,20 @@ fn token_hidden_device(n: u64) -> Finding {
     )
 }
 
+/// Up to 5 users with an external id of `auth_provider` (an index range scan on the
+/// `(auth_provider, external_id)` unique index); only the user ids, never the subjects.
+pub async fn provider_users(client: &Client, auth_provider: &str) -> Result<Vec<String>> {
+    let sql = format!(
+        "SELECT DISTINCT user_id FROM (SELECT user_id FROM user_external_ids \
+         WHERE auth_provider = $1 LIMIT 500) s ORDER BY 1 LIMIT {MAX_EXAMPLES}"
+    );
+    let rows = client
+        .query(&sql, &[&auth_provider])
+        .await
+        .context("listing users of an auth provider")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 // ---------------------------------------------------------------------------------------------
 // duplicate tokens
 

@@ -71,10 +71,11 @@ pub const REQUIRED: &[(&str, &[&str])] = &[
 pub async fn inspect(client: &Client) -> Result<Vec<Finding>> {
     let columns = visible_columns(client).await?;
     let (missing_tables, missing_columns) = compare(&columns);
-    let mut out = Vec::new();
     if !missing_tables.is_empty() {
-        out.push(not_synapse(&missing_tables));
+        // Probably the wrong database altogether: "too old" would send the operator astray.
+        return Ok(vec![not_synapse(&missing_tables)]);
     }
+    let mut out = Vec::new();
     let version = if columns.contains_key("schema_version") {
         schema_version(client).await?
     } else {
