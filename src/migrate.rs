@@ -542,13 +542,13 @@ fn check_accounted(e: Entity, c: &EntityCounts) -> anyhow::Result<()> {
 fn plan_mismatches(plan: &Plan, entities: &[EntitySummary]) -> Vec<String> {
     let mut out = Vec::new();
     for e in entities {
-        if let Some(p) = plan.entities.iter().find(|p| p.entity == e.entity) {
-            if p.read != e.read || p.migrate != e.migrated {
-                out.push(format!(
-                    "{}: check planned {} read / {} migrated, migrate saw {} / {}",
-                    e.entity, p.read, p.migrate, e.read, e.migrated
-                ));
-            }
+        if let Some(p) = plan.entities.iter().find(|p| p.entity == e.entity)
+            && (p.read != e.read || p.migrate != e.migrated)
+        {
+            out.push(format!(
+                "{}: check planned {} read / {} migrated, migrate saw {} / {}",
+                e.entity, p.read, p.migrate, e.read, e.migrated
+            ));
         }
     }
     out

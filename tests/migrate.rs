@@ -27,7 +27,7 @@ const TARGETS: [&str; 8] = [
 
 struct Env {
     _dir: tempfile::TempDir,
-    synapse: TestDb,
+    _synapse: TestDb,
     mas: TestDb,
     homeserver: PathBuf,
     mas_config: PathBuf,
@@ -44,7 +44,7 @@ impl Env {
         let (homeserver, mas_config) = write_configs(dir.path(), &synapse, &mas);
         Env {
             _dir: dir,
-            synapse,
+            _synapse: synapse,
             mas,
             homeserver,
             mas_config,
@@ -850,7 +850,7 @@ async fn rows_appearing_in_mas_during_the_run_abort_the_swap() {
 async fn a_constraint_failure_in_the_rebuild_rolls_everything_back() {
     let env = Env::new(Schema::Project).await;
     let catalogue = env.catalogue().await;
-    let mut child = start_paused(&env, "after-users", 3);
+    let child = start_paused(&env, "after-users", 3);
     // A duplicate of a token the run will load makes the unique index build fail.
     env.mas
         .exec(

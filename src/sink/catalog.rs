@@ -137,19 +137,18 @@ fn constraint(r: &tokio_postgres::Row) -> anyhow::Result<ConstraintDef> {
     if let (Some(rel), Some(shown)) = (
         r.get::<_, Option<String>>(9),
         r.get::<_, Option<String>>(10),
-    ) {
-        if let Some(referenced) = Target::ALL.into_iter().find(|t| t.name() == rel) {
-            let from = format!("REFERENCES {shown}(");
-            if !definition.contains(&from) {
-                bail!("unexpected definition of MAS constraint {name}: {definition}");
-            }
-            definition = definition.replacen(
-                &from,
-                &format!("REFERENCES {}(", super::shadow::shadow_name(referenced)),
-                1,
-            );
-            references.push(referenced);
+    ) && let Some(referenced) = Target::ALL.into_iter().find(|t| t.name() == rel)
+    {
+        let from = format!("REFERENCES {shown}(");
+        if !definition.contains(&from) {
+            bail!("unexpected definition of MAS constraint {name}: {definition}");
         }
+        definition = definition.replacen(
+            &from,
+            &format!("REFERENCES {}(", super::shadow::shadow_name(referenced)),
+            1,
+        );
+        references.push(referenced);
     }
     let deferral = match (r.get::<_, bool>(7), r.get::<_, bool>(8)) {
         (true, true) => " DEFERRABLE INITIALLY DEFERRED",
