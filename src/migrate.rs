@@ -143,8 +143,6 @@ pub async fn run(
     let ctx = Arc::new(context(mas, opts)?);
     source::set_query_params(&synapse, ctx.providers.keys().map(String::as_str)).await?;
 
-    shadow::create(&main).await?;
-    tracing::debug!(elapsed = ?started.elapsed(), "shadow tables created");
     let mas_rows_plan: BTreeMap<Target, u64> = Target::ALL
         .iter()
         .map(|t| (*t, plan.mas_rows.get(t.name()).copied().unwrap_or(0)))

@@ -755,8 +755,13 @@ async fn migrate_refuses_warnings_without_allow_warnings() {
     assert!(env.shadow_tables().await.is_empty());
 }
 
-/// Starts a migration that stops at `point`, waits until it says so, and returns the child.
-fn start_paused(env: &Env, point: &str, secs: u64) -> std::process::Child {
+/// Starts a migration that stops at `point`, waits until it says so, and returns the child
+/// with a thread collecting the rest of its stderr.
+fn start_paused(
+    env: &Env,
+    point: &str,
+    secs: u64,
+) -> (std::process::Child, std::thread::JoinHandle<String>) {
     let mut child = env
         .command(&["migrate", "--allow-warnings", "--seed", "1"])
         .env("SYN2MAS_TEST_PAUSE", point)
@@ -779,8 +784,9 @@ fn start_paused(env: &Env, point: &str, secs: u64) -> std::process::Child {
         }
     }
     // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    child
+    let rest =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    (child, rest)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -791,17 +797,17 @@ async fn sigkill_at_any_stage_leaves_mas_as_before_and_the_next_run_recovers() {
     for point in ["after-users", "rebuild", "swap"] {
         let env = Env::new(Schema::Project).await;
         let catalogue = env.catalogue().await;
-        let mut child = start_paused(&env, point, 600);
+        let (mut child, _) = start_paused(&env, point, 600);
         child.kill().unwrap();
         child.wait().unwrap();
         assert_eq!(env.counts().await, vec![0; 8], "killed at {point}");
-        assert!(
-            !env.shadow_tables().await.is_empty(),
-            "shadows left at {point}"
-        );
+        // Tables still loading vanish with their transaction; loaded ones stay until the next run.
+        let leftovers = !env.shadow_tables().await.is_empty();
+        assert_eq!(leftovers, point != "after-users", "shadows left at {point}");
         let out = env.migrate();
-        assert!(
+        assert_eq!(
             stderr(&out).contains("Dropped leftovers of an interrupted earlier run"),
+            leftovers,
             "{}",
             stderr(&out)
         );
@@ -818,7 +824,7 @@ async fn sigkill_at_any_stage_leaves_mas_as_before_and_the_next_run_recovers() {
 async fn terminated_connections_fail_the_run_and_roll_it_back() {
     let env = Env::new(Schema::Project).await;
     let catalogue = env.catalogue().await;
-    let mut child = start_paused(&env, "rebuild", 3);
+    let (mut child, _) = start_paused(&env, "rebuild", 3);
     env.mas
         .exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'syn2mas' AND datname = current_database()")
         .await;
@@ -835,7 +841,7 @@ async fn terminated_connections_fail_the_run_and_roll_it_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_appearing_in_mas_during_the_run_abort_the_swap() {
     let env = Env::new(Schema::Project).await;
-    let mut child = start_paused(&env, "swap", 3);
+    let (mut child, _) = start_paused(&env, "swap", 3);
     env.mas
         .exec("INSERT INTO users (user_id, username, created_at) VALUES (gen_random_uuid(), 'intruder', now())")
         .await;
@@ -850,16 +856,14 @@ async fn rows_appearing_in_mas_during_the_run_abort_the_swap() {
 async fn a_constraint_failure_in_the_rebuild_rolls_everything_back() {
     let env = Env::new(Schema::Project).await;
     let catalogue = env.catalogue().await;
-    let child = start_paused(&env, "after-users", 3);
-    // A duplicate of a token the run will load makes the unique index build fail.
-    env.mas
-        .exec(
-            "INSERT INTO syn2mas_new_compat_access_tokens (compat_access_token_id, compat_session_id, access_token, created_at)
-             VALUES (gen_random_uuid(), gen_random_uuid(), 'syt_YWxpY2U_IlhrtBbRFxtBMrIbBaVB_3IZwIM', now())",
-        )
-        .await;
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let (mut child, rest) = start_paused(&env, "after-users", 3);
+    // The provider disappears from MAS after check passed: validating the links' foreign key
+    // to it fails during the rebuild.
+    env.mas.exec("DELETE FROM upstream_oauth_providers").await;
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    let err = rest.join().unwrap();
+    assert!(err.contains("upstream_oauth_links_provider_fkey"), "{err}");
+    assert!(err.contains("MAS was left exactly as it was"), "{err}");
     assert_eq!(env.counts().await, vec![0; 8]);
     assert!(env.shadow_tables().await.is_empty());
     assert_eq!(env.catalogue().await, catalogue);

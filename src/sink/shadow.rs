@@ -101,24 +101,16 @@ pub async fn preflight(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the eight empty shadow tables: same columns, defaults and storage as the real ones,
-/// no indexes or constraints (those are built after the load), autovacuum off so it does not
-/// compete with the rebuild for the CPU.
-pub async fn create(client: &Client) -> anyhow::Result<()> {
-    let mut sql = String::from("BEGIN;");
-    for t in Target::ALL {
-        sql.push_str(&format!(
-            "CREATE TABLE {shadow} (LIKE {real} INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING COMPRESSION \
-             INCLUDING GENERATED INCLUDING IDENTITY) WITH (autovacuum_enabled = false);",
-            shadow = shadow_name(t),
-            real = t.name()
-        ));
-    }
-    sql.push_str("COMMIT;");
-    client
-        .batch_execute(&sql)
-        .await
-        .context("creating the shadow tables in MAS")
+/// The statement creating `target`'s empty shadow table: same columns, defaults and storage
+/// as the real one, no indexes or constraints (those are built after the load), autovacuum off
+/// so it does not compete with the rebuild for the CPU.
+pub fn create_shadow_sql(target: Target) -> String {
+    format!(
+        "CREATE TABLE {shadow} (LIKE {real} INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING COMPRESSION \
+         INCLUDING GENERATED INCLUDING IDENTITY) WITH (autovacuum_enabled = false)",
+        shadow = shadow_name(target),
+        real = target.name()
+    )
 }
 
 /// A renaming the swap applies to an object built under a temporary name.

@@ -6,27 +6,34 @@ use futures::SinkExt;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use super::shadow::shadow_name;
+use super::shadow::{create_shadow_sql, shadow_name};
 use super::tables::Target;
 use crate::db::copy_binary::{TRAILER, header};
 
-/// Copies every body received on `rx` into `target`'s shadow table; returns the rows the server
-/// says it stored. The COPY starts with the first body, so a table no stage writes to is never
-/// touched, and ends when every sender is dropped.
+/// Creates `target`'s shadow table and copies every body received on `rx` into it, in one
+/// transaction; returns the rows the server says it stored. Creating the table in the COPY's
+/// own transaction allows `FREEZE`: rows are stored frozen, so the index builds that read them
+/// next do not have to rewrite every page to set hint bits, and a run killed mid-load leaves
+/// no table behind. Ends when every sender is dropped.
 pub async fn run(
     client: Client,
     target: Target,
     mut rx: mpsc::Receiver<Vec<u8>>,
 ) -> anyhow::Result<u64> {
+    let what = || format!("writing MAS `{}`", target.name());
+    client
+        .batch_execute(&format!("BEGIN; {}", create_shadow_sql(target)))
+        .await
+        .with_context(what)?;
     let Some(first) = rx.recv().await else {
+        client.batch_execute("COMMIT").await.with_context(what)?;
         return Ok(0);
     };
     let sql = format!(
-        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        "COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)",
         shadow_name(target),
         target.columns().join(", ")
     );
-    let what = || format!("writing MAS `{}`", target.name());
     let sink = client.copy_in::<_, Bytes>(&sql).await.with_context(what)?;
     futures::pin_mut!(sink);
     sink.feed(Bytes::from(header())).await.with_context(what)?;
@@ -38,5 +45,6 @@ pub async fn run(
         .await
         .with_context(what)?;
     let rows = sink.as_mut().finish().await.with_context(what)?;
+    client.batch_execute("COMMIT").await.with_context(what)?;
     Ok(rows)
 }
