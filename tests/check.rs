@@ -315,6 +315,12 @@ async fn unknown_provider_is_a_warning_with_the_flag() {
             &[("W-unknown-provider", Some("user_external_ids"), 1)],
             &format!("{schema}"),
         );
+        let f = finding(&r, "W-unknown-provider", Some("user_external_ids"));
+        assert_eq!(
+            f.examples,
+            ["@grace:example.com"],
+            "the users, never the subject"
+        );
         let gitlab = r
             .providers
             .iter()
