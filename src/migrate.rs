@@ -22,7 +22,7 @@ use crate::progress::Progress;
 use crate::sink::tables::Target;
 use crate::sink::{catalog, rebuild, shadow, writer};
 use crate::source::snapshot::{self, LockMode};
-use crate::source::{self, Entity, reader};
+use crate::source::{self, Entity, Query, reader};
 use crate::transform::{self, Ctx, EntityCounts, Ids, Stats};
 
 /// Advisory lock key of upstream `mas-cli syn2mas` (HKDF of `syn2mas-maswriter`, reference
@@ -139,6 +139,12 @@ pub async fn run(
         LockMode::Exclusive
     };
     snapshot::open(&synapse, lock).await?;
+    // The reads hash-join a few tables of millions of rows; with PostgreSQL's default 4 MB
+    // they spill to disk in many batches. Only this session, only this transaction.
+    synapse
+        .batch_execute("SET LOCAL work_mem = '256MB'")
+        .await
+        .context("configuring the Synapse read session")?;
     tracing::debug!(elapsed = ?started.elapsed(), "Synapse snapshot open");
     let ctx = Arc::new(context(mas, opts)?);
     source::set_query_params(&synapse, ctx.providers.keys().map(String::as_str)).await?;
@@ -341,19 +347,21 @@ async fn spawn_writers(
 
 /// The stages in order, each with the targets that no later stage writes (their writers are
 /// closed when the stage ends, so their rebuild can start while later stages load).
-fn stages() -> [(Entity, &'static [Target]); 6] {
+fn stages() -> [(Query, &'static [Target]); 4] {
     [
-        (Entity::Users, &[Target::Users, Target::UserPasswords]),
+        (Query::Users, &[Target::Users, Target::UserPasswords]),
         (
-            Entity::Threepids,
+            Query::Threepids,
             &[Target::UserEmails, Target::UserUnsupportedThirdPartyIds],
         ),
-        (Entity::ExternalIds, &[Target::UpstreamOauthLinks]),
-        (Entity::Devices, &[]),
-        (Entity::AccessTokens, &[Target::CompatSessions]),
+        (Query::ExternalIds, &[Target::UpstreamOauthLinks]),
         (
-            Entity::RefreshTokens,
-            &[Target::CompatAccessTokens, Target::CompatRefreshTokens],
+            Query::Sessions,
+            &[
+                Target::CompatSessions,
+                Target::CompatAccessTokens,
+                Target::CompatRefreshTokens,
+            ],
         ),
     ]
 }
@@ -367,21 +375,24 @@ async fn load(
 ) -> anyhow::Result<(Stats, BTreeMap<Entity, f64>)> {
     let mut stats = Stats::default();
     let mut seconds = BTreeMap::new();
-    for (entity, closes) in stages() {
+    for (query, closes) in stages() {
         let start = Instant::now();
-        let total = stage_rows(plan, entity);
-        let bar = progress.bar(entity.name(), total, "rows");
-        let s = run_stage(synapse, ctx, entity, &senders, &bar).await?;
+        let bar = progress.bar(query.name(), stage_rows(plan, query), "rows");
+        let s = run_stage(synapse, ctx, query, &senders, &bar).await?;
+        bar.set_length(bar.position());
         bar.finish();
         stats.merge(&s);
-        seconds.insert(entity, start.elapsed().as_secs_f64());
+        for e in query.entities() {
+            seconds.insert(*e, start.elapsed().as_secs_f64());
+        }
         for t in closes {
             senders.remove(t);
         }
-        if entity == Entity::Users {
+        if query == Query::Users {
             pause_point("after-users").await;
         }
     }
+    count_refresh_without_access_token(synapse, &mut stats).await?;
     synapse
         .batch_execute("COMMIT")
         .await
@@ -389,19 +400,34 @@ async fn load(
     Ok((stats, seconds))
 }
 
-/// Rows a stage's query yields, from the plan (for the progress bar).
-fn stage_rows(plan: &Plan, entity: Entity) -> u64 {
-    let read = |name: &str| {
+/// Refresh tokens no access token points at are read (counted) and skipped, never streamed.
+async fn count_refresh_without_access_token(
+    synapse: &Client,
+    stats: &mut Stats,
+) -> anyhow::Result<()> {
+    let n: i64 = synapse
+        .query_one(source::REFRESH_WITHOUT_ACCESS_TOKEN, &[])
+        .await
+        .context("counting refresh tokens without an access token")?
+        .get(0);
+    if n > 0 {
+        let c = stats.entities.entry(Entity::RefreshTokens).or_default();
+        c.read += n as u64;
+        *c.skipped.entry("no_access_token").or_default() += n as u64;
+    }
+    Ok(())
+}
+
+/// Rows a stage's query yields at most, from the plan (for the progress bar): the sessions
+/// read yields one row per token plus one per device without tokens.
+fn stage_rows(plan: &Plan, query: Query) -> u64 {
+    let read = |e: &Entity| {
         plan.entities
             .iter()
-            .find(|e| e.entity == name)
-            .map_or(0, |e| e.read)
+            .find(|p| p.entity == e.name())
+            .map_or(0, |p| p.read)
     };
-    match entity {
-        // The access-token stage reads only tokens without a refresh token.
-        Entity::AccessTokens => read("access_tokens").saturating_sub(read("refresh_tokens")),
-        e => read(e.name()),
-    }
+    query.entities().iter().map(read).sum()
 }
 
 /// One stage: the reader streams chunks, rayon workers map them, the results go to the writers
@@ -409,14 +435,14 @@ fn stage_rows(plan: &Plan, entity: Entity) -> u64 {
 async fn run_stage(
     synapse: &Client,
     ctx: &Arc<Ctx>,
-    entity: Entity,
+    query: Query,
     senders: &BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Stats> {
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<reader::Chunk>(2);
     let (job_tx, mut job_rx) =
         mpsc::channel::<(usize, oneshot::Receiver<anyhow::Result<transform::Batch>>)>(IN_FLIGHT);
-    let read = reader::stream(synapse, entity, chunk_tx);
+    let read = reader::stream(synapse, query, chunk_tx);
     let ctx = ctx.clone();
     let dispatch = async move {
         while let Some(chunk) = chunk_rx.recv().await {
@@ -424,7 +450,7 @@ async fn run_stage(
             let ctx = ctx.clone();
             let rows = chunk.rows;
             rayon::spawn(move || {
-                let _ = tx.send(transform::process_chunk(&ctx, entity, &chunk.bytes));
+                let _ = tx.send(transform::process_chunk(&ctx, query, &chunk.bytes));
             });
             if job_tx.send((rows, rx)).await.is_err() {
                 break;

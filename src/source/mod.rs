@@ -62,6 +62,70 @@ impl Entity {
     }
 }
 
+/// The reads `migrate` streams. Users, threepids and external ids each have their own query;
+/// devices, access tokens and refresh tokens come from one (`sql/sessions.sql`), because
+/// reading them separately repeats the expensive joins three times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Query {
+    Users,
+    Threepids,
+    ExternalIds,
+    Sessions,
+}
+
+impl Query {
+    pub const ALL: [Query; 4] = [
+        Query::Users,
+        Query::Threepids,
+        Query::ExternalIds,
+        Query::Sessions,
+    ];
+
+    /// The name shown on the progress bar.
+    pub fn name(self) -> &'static str {
+        match self {
+            Query::Users => "users",
+            Query::Threepids => "user_threepids",
+            Query::ExternalIds => "user_external_ids",
+            Query::Sessions => "devices and tokens",
+        }
+    }
+
+    pub fn sql(self) -> &'static str {
+        match self {
+            Query::Users => Entity::Users.query(),
+            Query::Threepids => Entity::Threepids.query(),
+            Query::ExternalIds => Entity::ExternalIds.query(),
+            Query::Sessions => SESSIONS,
+        }
+    }
+
+    pub fn fields(self) -> usize {
+        match self {
+            Query::Users => Entity::Users.fields(),
+            Query::Threepids => Entity::Threepids.fields(),
+            Query::ExternalIds => Entity::ExternalIds.fields(),
+            Query::Sessions => 21,
+        }
+    }
+
+    /// The Synapse tables whose rows this read accounts for.
+    pub fn entities(self) -> &'static [Entity] {
+        match self {
+            Query::Users => &[Entity::Users],
+            Query::Threepids => &[Entity::Threepids],
+            Query::ExternalIds => &[Entity::ExternalIds],
+            Query::Sessions => &[Entity::Devices, Entity::AccessTokens, Entity::RefreshTokens],
+        }
+    }
+}
+
+const SESSIONS: &str = include_str!("../../sql/sessions.sql");
+
+/// Refresh tokens that no access token points at: counted, never streamed.
+pub const REFRESH_WITHOUT_ACCESS_TOKEN: &str =
+    include_str!("../../sql/refresh_without_access_token.sql");
+
 const SESSION_TIMES: &str = include_str!("../../sql/session_times.sql");
 
 fn expand(sql: &str) -> String {

@@ -6,7 +6,7 @@ use futures::TryStreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use super::Entity;
+use super::Query;
 use crate::db::copy_binary::{header_len, scan_tuples};
 
 /// Target size of one chunk handed to a transform worker: large enough that per-chunk costs
@@ -23,18 +23,14 @@ pub struct Chunk {
 /// Runs `COPY (query) TO STDOUT (FORMAT binary)` and sends complete-row chunks to `tx`.
 /// Returns the number of rows read. Stops early (Ok) if the receiver went away, because then
 /// the pipeline is already failing for a reason reported elsewhere.
-pub async fn stream(
-    client: &Client,
-    entity: Entity,
-    tx: mpsc::Sender<Chunk>,
-) -> anyhow::Result<u64> {
-    let sql = format!("COPY ({}) TO STDOUT (FORMAT binary)", entity.query());
+pub async fn stream(client: &Client, query: Query, tx: mpsc::Sender<Chunk>) -> anyhow::Result<u64> {
+    let sql = format!("COPY ({}) TO STDOUT (FORMAT binary)", query.sql());
     let stream = client
         .copy_out(&sql)
         .await
-        .with_context(|| format!("reading Synapse's `{}`", entity.name()))?;
+        .with_context(|| format!("reading Synapse's `{}`", query.name()))?;
     futures::pin_mut!(stream);
-    let fields = entity.fields();
+    let fields = query.fields();
     let mut buf = BytesMut::with_capacity(CHUNK_BYTES + (64 << 10));
     let mut header_done = false;
     let mut total = 0u64;
@@ -42,12 +38,12 @@ pub async fn stream(
     while let Some(msg) = stream
         .try_next()
         .await
-        .with_context(|| format!("reading Synapse's `{}`", entity.name()))?
+        .with_context(|| format!("reading Synapse's `{}`", query.name()))?
     {
         if finished {
             bail!(
                 "data after the end of Synapse's `{}` COPY stream",
-                entity.name()
+                query.name()
             );
         }
         buf.extend_from_slice(&msg);
@@ -76,7 +72,7 @@ pub async fn stream(
         if !trailer || !buf.is_empty() {
             bail!(
                 "Synapse's `{}` COPY stream ended without its trailer",
-                entity.name()
+                query.name()
             );
         }
     }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::db::copy_binary::{self, Encoder, FieldError, TimestampRange};
 use crate::sink::tables::Target;
-use crate::source::Entity;
+use crate::source::{Entity, Query};
 pub use ids::Ids;
 
 /// Everything a worker needs to map rows; shared read-only by all workers of a run.
@@ -135,19 +135,17 @@ const REASONS: &[&str] = &[
     "orphan",
 ];
 
-/// Decodes, maps and encodes one chunk of `entity` rows.
-pub fn process_chunk(ctx: &Ctx, entity: Entity, bytes: &[u8]) -> anyhow::Result<Batch> {
-    let fields = entity.fields();
+/// Decodes, maps and encodes one chunk of rows of `query`.
+pub fn process_chunk(ctx: &Ctx, query: Query, bytes: &[u8]) -> anyhow::Result<Batch> {
+    let fields = query.fields();
     let mut slots = Vec::with_capacity(fields * 4096);
     copy_binary::decode_rows(bytes, fields, &mut slots)?;
     let mut batch = Batch::default();
-    let map = match entity {
-        Entity::Users => rows::user,
-        Entity::Threepids => rows::threepid,
-        Entity::ExternalIds => rows::external_id,
-        Entity::AccessTokens => rows::access_token,
-        Entity::RefreshTokens => rows::refresh_pair,
-        Entity::Devices => rows::device,
+    let map = match query {
+        Query::Users => rows::user,
+        Query::Threepids => rows::threepid,
+        Query::ExternalIds => rows::external_id,
+        Query::Sessions => rows::session_row,
     };
     for row in slots.chunks_exact(fields) {
         map(ctx, row, &mut batch)?;

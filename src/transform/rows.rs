@@ -264,62 +264,14 @@ pub(super) fn external_id(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result
     Ok(())
 }
 
-/// A device's compat session id and creation time (ms), the same in every stage that needs it.
+/// A device's compat session id and creation time (ms), the same for the session row and for
+/// every token of the device.
 fn device_session(ctx: &Ctx, lp: &str, device_id: &str, session_ms: Option<i64>) -> (u128, i64) {
     let ms = ulid_ms(session_ms.unwrap_or(ctx.now_ms));
     let id = ctx
         .ids
         .ulid(Kind::Session, ms, &[lp.as_bytes(), device_id.as_bytes()]);
     (id, ms)
-}
-
-/// `access_tokens` without a refresh token → `compat_access_tokens` (+ a `compat_sessions`
-/// row per deviceless token).
-pub(super) fn access_token(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), RowError> {
-    let probe = Fields {
-        table: "access_tokens",
-        row,
-        who: "?",
-    };
-    let user_id = probe.text(1, "user_id")?;
-    let f = Fields {
-        who: user_id,
-        ..probe
-    };
-    if let Some(r) = f.skip(ctx)? {
-        count_skip(batch, Entity::AccessTokens, r);
-        return Ok(());
-    }
-    let id = f.int8(0, "id")?;
-    let device_id = f.opt_text(2, "device_id")?;
-    let token = f.text(3, "token")?;
-    let expires = f.opt_int8(4, "valid_until_ms")?;
-    let created_ms = f.opt_int8(5, "last_validated")?.unwrap_or(ctx.now_ms);
-    let lp = localpart(ctx, &f, user_id)?;
-    let session = match device_id {
-        Some(d) => device_session(ctx, lp, d, f.opt_int8(7, "session_ms")?).0,
-        None => {
-            let uid = user_uuid(ctx, lp, owner_creation(&f, 6)?);
-            deviceless_session(ctx, &f, batch, uid, id, created_ms)?
-        }
-    };
-    let created = f.micros(created_ms, "last_validated")?;
-    let expires = expires
-        .map(|ms| f.micros(ms, "valid_until_ms"))
-        .transpose()?;
-    let token_id = ctx
-        .ids
-        .ulid(Kind::AccessToken, created_ms, &[&id.to_le_bytes()]);
-    batch
-        .encoder(Target::CompatAccessTokens)
-        .row(Target::CompatAccessTokens.width())
-        .uuid(token_id)
-        .uuid(session)
-        .text(token)
-        .timestamptz(created)
-        .opt_timestamptz(expires);
-    count_migrated(batch, Entity::AccessTokens);
-    Ok(())
 }
 
 /// Writes the session of a token that has no device; upstream gives each such token its own.
@@ -351,38 +303,268 @@ fn deviceless_session(
     Ok(sid)
 }
 
-/// `refresh_tokens` with their access token → `compat_access_tokens` + `compat_refresh_tokens`.
-/// Counts the refresh token and, when there is one, its access token.
-pub(super) fn refresh_pair(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), RowError> {
+/// A device's last IP: NULL, empty and `-` mean unknown; anything else unparsable is counted
+/// and written as NULL (upstream does the same, with a warning).
+fn device_ip(batch: &mut Batch, ip: Option<&str>) -> Option<IpAddr> {
+    match ip.map(str::trim) {
+        None | Some("") | Some("-") => None,
+        Some(s) => {
+            let parsed = s.parse().ok();
+            if parsed.is_none() {
+                batch.stats.invalid_ips += 1;
+            }
+            parsed
+        }
+    }
+}
+
+/// Columns of sql/sessions.sql.
+mod col {
+    pub const USER_ID: usize = 0;
+    pub const DEVICE_ID: usize = 1;
+    pub const DEVICE_EXISTS: usize = 2;
+    pub const CARRIES_DEVICE: usize = 3;
+    pub const DISPLAY_NAME: usize = 4;
+    pub const LAST_SEEN: usize = 5;
+    pub const IP: usize = 6;
+    pub const USER_AGENT: usize = 7;
+    pub const DEVICE_SKIP: usize = 8;
+    pub const OWNER_SKIP: usize = 9;
+    pub const CREATION_TS: usize = 10;
+    pub const ADMIN: usize = 11;
+    pub const SESSION_MS: usize = 12;
+    pub const AT_ID: usize = 13;
+    pub const AT_TOKEN: usize = 14;
+    pub const VALID_UNTIL: usize = 15;
+    pub const LAST_VALIDATED: usize = 16;
+    pub const PUPPET: usize = 17;
+    pub const RT_ID: usize = 18;
+    pub const RT_TOKEN: usize = 19;
+    pub const PAIR_SKIP: usize = 20;
+}
+
+/// What a row of sql/sessions.sql says about its device and owner.
+struct SessionRow<'a> {
+    user_id: &'a str,
+    device_id: Option<&'a str>,
+    device_exists: bool,
+    device_skip: Option<&'static str>,
+    /// `orphan` never gets here: it is an error unless an earlier reason skips the row.
+    owner_skip: Option<&'a str>,
+    session_ms: Option<i64>,
+}
+
+/// One row of sql/sessions.sql: the device it carries (if any) → `compat_sessions`; its access
+/// token → `compat_access_tokens` (+ a deviceless `compat_sessions` row); its refresh token →
+/// `compat_refresh_tokens`.
+pub(super) fn session_row(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), RowError> {
     let probe = Fields {
-        table: "refresh_tokens",
+        table: "devices",
         row,
         who: "?",
     };
-    let user_id = probe.text(1, "user_id")?;
+    let user_id = probe.text(col::USER_ID, "user_id")?;
     let f = Fields {
         who: user_id,
         ..probe
     };
-    let has_access_token = row[4].is_some();
-    if let Some(r) = f.skip(ctx)? {
-        count_skip(batch, Entity::RefreshTokens, r);
-        if has_access_token {
-            count_skip(batch, Entity::AccessTokens, r);
+    let device_skip = f
+        .opt_text(col::DEVICE_SKIP, "device_skip")?
+        .map(|r| reason("devices", user_id, r))
+        .transpose()?;
+    let s = SessionRow {
+        user_id,
+        device_id: f.opt_text(col::DEVICE_ID, "device_id")?,
+        device_exists: f.bool(col::DEVICE_EXISTS, "device_exists")?,
+        device_skip,
+        owner_skip: f.opt_text(col::OWNER_SKIP, "owner_skip")?,
+        session_ms: f.opt_int8(col::SESSION_MS, "session_ms")?,
+    };
+    if f.bool(col::CARRIES_DEVICE, "carries_device")? {
+        device(ctx, &f, &s, batch)?;
+    }
+    if row[col::AT_ID].is_some() {
+        let f = Fields {
+            table: "access_tokens",
+            ..f
+        };
+        if row[col::RT_ID].is_some() {
+            refresh_pair(
+                ctx,
+                &Fields {
+                    table: "refresh_tokens",
+                    ..f
+                },
+                &s,
+                batch,
+            )?;
+        } else {
+            access_token(ctx, &f, &s, batch)?;
         }
+    }
+    Ok(())
+}
+
+/// The owner's reason to skip, with `orphan` as the error it is (check reports E-orphan-rows).
+fn owner_reason(f: &Fields<'_, '_>, s: &SessionRow<'_>) -> Result<Option<&'static str>, RowError> {
+    match s.owner_skip {
+        None => Ok(None),
+        Some("orphan") => Err(f.err(
+            "its user does not exist in Synapse's `users` table (`syn2mas check` reports these as E-orphan-rows)",
+        )),
+        Some(r) => reason(f.table, s.user_id, r).map(Some),
+    }
+}
+
+/// `devices` → `compat_sessions`, in the order of devices.sql.
+fn device(
+    ctx: &Ctx,
+    f: &Fields<'_, '_>,
+    s: &SessionRow<'_>,
+    batch: &mut Batch,
+) -> Result<(), RowError> {
+    if let Some(r) = s.device_skip {
+        count_skip(batch, Entity::Devices, r);
         return Ok(());
     }
-    let rt_id = f.int8(0, "id")?;
-    let device_id = f.text(2, "device_id")?;
-    let rt_token = f.text(3, "token")?;
-    let at_id = f.int8(4, "access_tokens.id")?;
-    let at_token = f.text(5, "access_tokens.token")?;
-    let expires = f.opt_int8(6, "access_tokens.valid_until_ms")?;
+    if let Some(r) = owner_reason(f, s)? {
+        count_skip(batch, Entity::Devices, r);
+        return Ok(());
+    }
+    let device_id = f.text(col::DEVICE_ID, "device_id")?;
+    let name = f.opt_text(col::DISPLAY_NAME, "display_name")?;
+    let last_seen = f
+        .opt_int8(col::LAST_SEEN, "last_seen")?
+        .map(|ms| f.micros(ms, "last_seen"))
+        .transpose()?;
+    let ip = device_ip(batch, f.opt_text(col::IP, "ip")?);
+    let user_agent = f.opt_text(col::USER_AGENT, "user_agent")?;
+    let admin = f.opt_bool(col::ADMIN, "users.admin")?.unwrap_or(false);
+    let lp = localpart(ctx, f, s.user_id)?;
+    let uid = user_uuid(ctx, lp, owner_creation(f, col::CREATION_TS)?);
+    let (sid, ms) = device_session(ctx, lp, device_id, s.session_ms);
+    let created = f.micros(ms, "session created_at")?;
+    batch
+        .encoder(Target::CompatSessions)
+        .row(Target::CompatSessions.width())
+        .uuid(sid)
+        .uuid(uid)
+        .text(device_id)
+        .opt_text(name)
+        .timestamptz(created)
+        .bool(admin)
+        .opt_timestamptz(last_seen)
+        .opt_inet(ip)
+        .opt_text(user_agent);
+    count_migrated(batch, Entity::Devices);
+    Ok(())
+}
+
+/// The device-related reason a token is skipped (its device vanished, or is not a real device).
+fn device_gone(s: &SessionRow<'_>) -> bool {
+    s.device_id.is_some() && !s.device_exists
+}
+
+fn device_hidden(s: &SessionRow<'_>) -> bool {
+    s.device_id.is_some() && s.device_skip.is_some()
+}
+
+/// An access token without a refresh token, in the order of access_tokens.sql.
+fn access_token(
+    ctx: &Ctx,
+    f: &Fields<'_, '_>,
+    s: &SessionRow<'_>,
+    batch: &mut Batch,
+) -> Result<(), RowError> {
+    let skip = if f.opt_bool(col::PUPPET, "puppets_user_id")? == Some(true) {
+        Some("puppet")
+    } else if device_gone(s) {
+        Some("device_deleted")
+    } else if let Some(r) = owner_reason(f, s)? {
+        Some(r)
+    } else if device_hidden(s) {
+        Some("device_hidden")
+    } else {
+        None
+    };
+    if let Some(r) = skip {
+        count_skip(batch, Entity::AccessTokens, r);
+        return Ok(());
+    }
+    let id = f.int8(col::AT_ID, "id")?;
+    let token = f.text(col::AT_TOKEN, "token")?;
+    let expires = f.opt_int8(col::VALID_UNTIL, "valid_until_ms")?;
     let created_ms = f
-        .opt_int8(7, "access_tokens.last_validated")?
+        .opt_int8(col::LAST_VALIDATED, "last_validated")?
         .unwrap_or(ctx.now_ms);
-    let lp = localpart(ctx, &f, user_id)?;
-    let (session, _) = device_session(ctx, lp, device_id, f.opt_int8(9, "session_ms")?);
+    let lp = localpart(ctx, f, s.user_id)?;
+    let session = match s.device_id {
+        Some(d) => device_session(ctx, lp, d, s.session_ms).0,
+        None => {
+            let uid = user_uuid(ctx, lp, owner_creation(f, col::CREATION_TS)?);
+            deviceless_session(ctx, f, batch, uid, id, created_ms)?
+        }
+    };
+    let created = f.micros(created_ms, "last_validated")?;
+    let expires = expires
+        .map(|ms| f.micros(ms, "valid_until_ms"))
+        .transpose()?;
+    let token_id = ctx
+        .ids
+        .ulid(Kind::AccessToken, created_ms, &[&id.to_le_bytes()]);
+    batch
+        .encoder(Target::CompatAccessTokens)
+        .row(Target::CompatAccessTokens.width())
+        .uuid(token_id)
+        .uuid(session)
+        .text(token)
+        .timestamptz(created)
+        .opt_timestamptz(expires);
+    count_migrated(batch, Entity::AccessTokens);
+    Ok(())
+}
+
+/// A refresh token with the access token it produced, in the order of refresh_tokens.sql.
+/// Counts both halves.
+fn refresh_pair(
+    ctx: &Ctx,
+    f: &Fields<'_, '_>,
+    s: &SessionRow<'_>,
+    batch: &mut Batch,
+) -> Result<(), RowError> {
+    let pair_skip = f
+        .opt_text(col::PAIR_SKIP, "pair_skip")?
+        .map(|r| reason(f.table, s.user_id, r))
+        .transpose()?;
+    let skip = if pair_skip == Some("inconsistent_pair") {
+        pair_skip
+    } else if device_gone(s) || s.device_id.is_none() {
+        Some("device_deleted")
+    } else if pair_skip.is_some() {
+        pair_skip
+    } else if let Some(r) = owner_reason(f, s)? {
+        Some(r)
+    } else if device_hidden(s) {
+        Some("device_hidden")
+    } else {
+        None
+    };
+    if let Some(r) = skip {
+        count_skip(batch, Entity::RefreshTokens, r);
+        count_skip(batch, Entity::AccessTokens, r);
+        return Ok(());
+    }
+    let device_id = f.text(col::DEVICE_ID, "device_id")?;
+    let rt_id = f.int8(col::RT_ID, "refresh_tokens.id")?;
+    let rt_token = f.text(col::RT_TOKEN, "refresh_tokens.token")?;
+    let at_id = f.int8(col::AT_ID, "access_tokens.id")?;
+    let at_token = f.text(col::AT_TOKEN, "access_tokens.token")?;
+    let expires = f.opt_int8(col::VALID_UNTIL, "access_tokens.valid_until_ms")?;
+    let created_ms = f
+        .opt_int8(col::LAST_VALIDATED, "access_tokens.last_validated")?
+        .unwrap_or(ctx.now_ms);
+    let lp = localpart(ctx, f, s.user_id)?;
+    let (session, _) = device_session(ctx, lp, device_id, s.session_ms);
     let created = f.micros(created_ms, "access_tokens.last_validated")?;
     let expires = expires
         .map(|ms| f.micros(ms, "access_tokens.valid_until_ms"))
@@ -411,65 +593,5 @@ pub(super) fn refresh_pair(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Resul
         .timestamptz(created);
     count_migrated(batch, Entity::RefreshTokens);
     count_migrated(batch, Entity::AccessTokens);
-    Ok(())
-}
-
-/// A device's last IP: NULL, empty and `-` mean unknown; anything else unparsable is counted
-/// and written as NULL (upstream does the same, with a warning).
-fn device_ip(batch: &mut Batch, ip: Option<&str>) -> Option<IpAddr> {
-    match ip.map(str::trim) {
-        None | Some("") | Some("-") => None,
-        Some(s) => {
-            let parsed = s.parse().ok();
-            if parsed.is_none() {
-                batch.stats.invalid_ips += 1;
-            }
-            parsed
-        }
-    }
-}
-
-/// `devices` → `compat_sessions`.
-pub(super) fn device(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), RowError> {
-    let probe = Fields {
-        table: "devices",
-        row,
-        who: "?",
-    };
-    let user_id = probe.text(0, "user_id")?;
-    let f = Fields {
-        who: user_id,
-        ..probe
-    };
-    if let Some(r) = f.skip(ctx)? {
-        count_skip(batch, Entity::Devices, r);
-        return Ok(());
-    }
-    let device_id = f.text(1, "device_id")?;
-    let name = f.opt_text(2, "display_name")?;
-    let last_seen = f
-        .opt_int8(3, "last_seen")?
-        .map(|ms| f.micros(ms, "last_seen"))
-        .transpose()?;
-    let ip = device_ip(batch, f.opt_text(4, "ip")?);
-    let user_agent = f.opt_text(5, "user_agent")?;
-    let admin = f.opt_bool(6, "users.admin")?.unwrap_or(false);
-    let lp = localpart(ctx, &f, user_id)?;
-    let uid = user_uuid(ctx, lp, owner_creation(&f, 7)?);
-    let (sid, ms) = device_session(ctx, lp, device_id, f.opt_int8(8, "session_ms")?);
-    let created = f.micros(ms, "session created_at")?;
-    batch
-        .encoder(Target::CompatSessions)
-        .row(Target::CompatSessions.width())
-        .uuid(sid)
-        .uuid(uid)
-        .text(device_id)
-        .opt_text(name)
-        .timestamptz(created)
-        .bool(admin)
-        .opt_timestamptz(last_seen)
-        .opt_inet(ip)
-        .opt_text(user_agent);
-    count_migrated(batch, Entity::Devices);
     Ok(())
 }
