@@ -164,8 +164,8 @@ fn scheme_secret(item: &Field<'_>) -> Result<Option<Secret>, ConfigError> {
 
 /// A secret read from a file named in the config; errors are reported at that key.
 fn read_text_file(field: &Field<'_>, path: &str) -> Result<Secret, ConfigError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| field.invalid(format!("cannot read {path}: {e}")))?;
+    let bytes = super::read_file_capped(std::path::Path::new(path))
+        .map_err(|e| field.invalid(format!("cannot read {path}: {e}")))?;
     String::from_utf8(bytes)
         .map(Secret::new)
         .map_err(|_| field.invalid(format!("{path} is not UTF-8 text")))

@@ -22,9 +22,16 @@ pub(crate) fn load_documents(paths: &[PathBuf]) -> Result<Vec<Node>, ConfigError
 }
 
 fn load_document(path: &Path, index: usize) -> Result<Node, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let read = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
+    };
+    let bytes = super::read_file_capped(path).map_err(read)?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
     })?;
     parse_document(path, &text, index)
 }

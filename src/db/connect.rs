@@ -803,7 +803,7 @@ mod tls {
     }
 
     fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-        std::fs::read(path).map_err(|e| format!("cannot read the {what}: {e}"))
+        crate::config::read_file_capped(path).map_err(|e| format!("cannot read the {what}: {e}"))
     }
 
     /// Every certificate of a PEM bundle (native-tls's `from_pem` reads only the first one).
