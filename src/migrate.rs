@@ -6,8 +6,9 @@
 //! a kill, the next run finds and drops them before anything else.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -61,9 +62,13 @@ pub struct MigrateOptions {
 }
 
 /// Backend pids of the MAS sessions a run opened, so a failed or interrupted run can stop them
-/// before dropping its shadow tables.
+/// before dropping its shadow tables; and whether the run got the advisory lock, without which
+/// the shadow tables in MAS are not its own.
 #[derive(Debug, Clone, Default)]
-pub struct Sessions(Arc<Mutex<Vec<i32>>>);
+pub struct Sessions {
+    pids: Arc<Mutex<Vec<i32>>>,
+    locked: Arc<AtomicBool>,
+}
 
 impl Sessions {
     async fn track(&self, client: &Client) -> anyhow::Result<()> {
@@ -71,12 +76,12 @@ impl Sessions {
             .query_one("SELECT pg_backend_pid()", &[])
             .await?
             .get(0);
-        self.0.lock().unwrap().push(pid);
+        self.pids.lock().unwrap().push(pid);
         Ok(())
     }
 
     fn pids(&self) -> Vec<i32> {
-        self.0.lock().unwrap().clone()
+        self.pids.lock().unwrap().clone()
     }
 }
 
@@ -121,6 +126,7 @@ pub async fn run(
     let mut main = mas_db.connect("MAS").await?;
     sessions.track(&main).await?;
     take_locks(&main).await?;
+    sessions.locked.store(true, Ordering::SeqCst);
     let leftovers = shadow::drop_leftovers(&main).await?;
     if !leftovers.is_empty() {
         progress.println(&format!(
@@ -216,7 +222,15 @@ pub async fn run(
 
 /// After a failure or an interrupt: stops the run's MAS sessions and drops its shadow tables,
 /// so MAS is exactly as before. Returns the names dropped.
+///
+/// A run that never got the advisory lock has created nothing, and the shadow tables it would
+/// see belong to the run that holds the lock: it leaves them alone. A run that had the lock
+/// takes it again (its stopped sessions release it) before dropping anything, so a run that
+/// started in between keeps its tables.
 pub async fn cleanup(mas_db: &ConnectOptions, sessions: &Sessions) -> anyhow::Result<Vec<String>> {
+    if !sessions.locked.load(Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
     let client = mas_db.connect("MAS").await?;
     let pids = sessions.pids();
     if !pids.is_empty() {
@@ -227,6 +241,23 @@ pub async fn cleanup(mas_db: &ConnectOptions, sessions: &Sessions) -> anyhow::Re
             )
             .await
             .context("stopping this run's MAS sessions")?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&UPSTREAM_SYN2MAS_LOCK])
+            .await
+            .context("taking the syn2mas advisory lock on MAS again")?
+            .get(0);
+        if got {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "another syn2mas run holds the advisory lock now; its shadow tables are left alone"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     shadow::drop_leftovers(&client).await
 }
@@ -346,15 +377,11 @@ async fn spawn_writers(
 }
 
 /// The stages in order, each with the targets that no later stage writes (their writers are
-/// closed when the stage ends, so their rebuild can start while later stages load).
+/// closed when the stage ends, so their rebuild can start while later stages load). The
+/// largest read goes first: the index builds of its three tables, most of the rebuild, then
+/// overlap with the loading of the rest.
 fn stages() -> [(Query, &'static [Target]); 4] {
     [
-        (Query::Users, &[Target::Users, Target::UserPasswords]),
-        (
-            Query::Threepids,
-            &[Target::UserEmails, Target::UserUnsupportedThirdPartyIds],
-        ),
-        (Query::ExternalIds, &[Target::UpstreamOauthLinks]),
         (
             Query::Sessions,
             &[
@@ -363,6 +390,12 @@ fn stages() -> [(Query, &'static [Target]); 4] {
                 Target::CompatRefreshTokens,
             ],
         ),
+        (Query::Users, &[Target::Users, Target::UserPasswords]),
+        (
+            Query::Threepids,
+            &[Target::UserEmails, Target::UserUnsupportedThirdPartyIds],
+        ),
+        (Query::ExternalIds, &[Target::UpstreamOauthLinks]),
     ]
 }
 
