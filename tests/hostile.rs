@@ -1056,3 +1056,94 @@ async fn server_names_and_provider_ids_are_data_not_sql() {
         out.stderr
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// Values PostgreSQL cannot store
+// ------------------------------------------------------------------------------------------------
+
+/// Timestamps a `timestamptz` cannot hold (Synapse stores plain bigints) are check errors,
+/// table by table, instead of a migration that dies half-way. Times that are merely odd (0,
+/// before 1970, the year 3000) migrate as they are. Found by tests/proptest_db.rs.
+#[tokio::test(flavor = "multi_thread")]
+async fn timestamps_postgresql_cannot_hold_are_check_errors() {
+    let env = Env::new().await;
+    env.synapse
+        .exec(
+            "INSERT INTO users (name, creation_ts, appservice_id) VALUES \
+               ('@far:example.com', 9223372036854775807, NULL), \
+               ('@_bridge_far:example.com', -9223372036854775808, 'irc'), \
+               ('@y3000:example.com', 32503680000, NULL), \
+               ('@before1970:example.com', -86400, NULL); \
+             INSERT INTO user_threepids (user_id, medium, address, validated_at, added_at) VALUES \
+               ('@alice:example.com', 'email', 'far@example.com', 0, 9223372036854775807), \
+               ('@alice:example.com', 'email', 'zero@example.com', 0, 0); \
+             INSERT INTO devices (user_id, device_id, last_seen, hidden) VALUES \
+               ('@alice:example.com', 'FARDEV', -9223372036854775808, false), \
+               ('@alice:example.com', 'NEGDEV', -1, false), \
+               ('@y3000:example.com', 'Y3000', 32503680000000, false); \
+             INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, last_validated, puppets_user_id) VALUES \
+               (980, '@alice:example.com', NULL, 'syt_far_expiry', 9223372036854775807, NULL, NULL), \
+               (981, '@alice:example.com', NULL, 'syt_far_puppet', NULL, -9223372036854775808, '@admin:example.com'), \
+               (982, '@y3000:example.com', 'Y3000', 'syt_y3000', 32503680000000, 32503680000000, NULL);",
+        )
+        .await;
+    let out = env.run(&["check", "--json"]);
+    out.expect(10, "E-timestamp-range");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let mut found: Vec<(String, String, u64)> = report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap().to_owned(),
+                f["table"].as_str().unwrap_or("").to_owned(),
+                f["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    found.sort();
+    let want: Vec<(String, String, u64)> = ["access_tokens", "devices", "user_threepids", "users"]
+        .iter()
+        .map(|t| ("E-timestamp-range".to_owned(), (*t).to_owned(), 1))
+        .collect();
+    assert_eq!(found, want, "{}", out.stderr);
+    env.run(&["migrate", "--allow-warnings"])
+        .expect(10, "Refusing to migrate");
+    env.assert_untouched("out-of-range timestamps").await;
+
+    // Fixed in Synapse, the odd-but-valid times migrate as they are.
+    env.synapse
+        .exec(
+            "UPDATE users SET creation_ts = 1700000000 WHERE name = '@far:example.com'; \
+             UPDATE user_threepids SET added_at = 1700000000000 WHERE address = 'far@example.com'; \
+             UPDATE devices SET last_seen = NULL WHERE device_id = 'FARDEV'; \
+             UPDATE access_tokens SET valid_until_ms = NULL WHERE id = 980;",
+        )
+        .await;
+    env.run(&["migrate", "--allow-warnings", "--seed", "1"])
+        .expect(0, "");
+    let mas = env.mas.client().await;
+    let created: Vec<String> = mas
+        .query(
+            "SELECT username || ' ' || to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') \
+               FROM users WHERE username IN ('y3000', 'before1970') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(created, ["before1970 1969-12-31", "y3000 3000-01-01"]);
+    let expires: String = mas
+        .query_one(
+            "SELECT to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM compat_access_tokens \
+              WHERE access_token = 'syt_y3000'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(expires, "3000-01-01");
+}

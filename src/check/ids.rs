@@ -46,6 +46,7 @@ pub const NULL_USER_FIELDS: &str = "E-null-user-fields";
 pub const ORPHAN_ROWS: &str = "E-orphan-rows";
 pub const TOKEN_HIDDEN_DEVICE: &str = "W-token-hidden-device";
 pub const DUPLICATE_TOKENS: &str = "E-duplicate-tokens";
+pub const TIMESTAMP_RANGE: &str = "E-timestamp-range";
 pub const NON_BCRYPT_HASHES: &str = "W-non-bcrypt-hashes";
 
 // Auth providers (Synapse `user_external_ids` against both configs and MAS's database).
@@ -133,6 +134,10 @@ pub const CATALOGUE: &[(&str, &str)] = &[
         "access tokens on hidden/guest devices (skipped)",
     ),
     (DUPLICATE_TOKENS, "duplicate or multiply-referenced tokens"),
+    (
+        TIMESTAMP_RANGE,
+        "timestamps PostgreSQL's `timestamptz` cannot hold",
+    ),
     (
         NON_BCRYPT_HASHES,
         "password hashes MAS's v1 scheme cannot verify",

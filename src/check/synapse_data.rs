@@ -56,11 +56,19 @@ const DEPENDENTS: &[Dependent] = &[
         table: "user_threepids",
         join: "",
         pre_skip: "false",
-        extras: &[Extra {
-            cond: "t.medium <> 'email'",
-            example: "t.user_id || ' (' || t.medium || ')'",
-            report: non_email_threepids,
-        }],
+        extras: &[
+            Extra {
+                cond: "t.medium <> 'email'",
+                example: "t.user_id || ' (' || t.medium || ')'",
+                report: non_email_threepids,
+            },
+            Extra {
+                cond: "u.name IS NOT NULL AND u.appservice_id IS NULL \
+                       AND t.added_at NOT BETWEEN -210866803200000 AND 9224318015999999",
+                example: "t.user_id || ' (' || t.medium || ')'",
+                report: |n| timestamp_range(n, "added_at"),
+            },
+        ],
         group_by: None,
     },
     Dependent {
@@ -74,18 +82,34 @@ const DEPENDENTS: &[Dependent] = &[
         table: "devices",
         join: "",
         pre_skip: "t.hidden IS NOT FALSE OR t.device_id = 'guest_device'",
-        extras: &[],
+        extras: &[Extra {
+            cond: "u.name IS NOT NULL AND u.appservice_id IS NULL AND u.deactivated = 0 \
+                   AND u.is_guest = 0 AND t.hidden IS FALSE AND t.device_id <> 'guest_device' \
+                   AND t.last_seen NOT BETWEEN -210866803200000 AND 9224318015999999",
+            example: "t.user_id || ' (device ' || t.device_id || ')'",
+            report: |n| timestamp_range(n, "last_seen"),
+        }],
         group_by: None,
     },
     Dependent {
         table: "access_tokens",
         join: JOIN_DEVICES,
         pre_skip: "t.puppets_user_id IS NOT NULL OR (t.device_id IS NOT NULL AND d.user_id IS NULL)",
-        extras: &[Extra {
-            cond: HIDDEN_DEVICE_TOKEN,
-            example: "t.user_id || ' (device ' || t.device_id || ')'",
-            report: token_hidden_device,
-        }],
+        extras: &[
+            Extra {
+                cond: HIDDEN_DEVICE_TOKEN,
+                example: "t.user_id || ' (device ' || t.device_id || ')'",
+                report: token_hidden_device,
+            },
+            Extra {
+                cond: "u.name IS NOT NULL AND u.appservice_id IS NULL AND u.deactivated = 0 \
+                       AND u.is_guest = 0 AND t.puppets_user_id IS NULL \
+                       AND (t.last_validated NOT BETWEEN -210866803200000 AND 9224318015999999 \
+                         OR t.valid_until_ms NOT BETWEEN -210866803200000 AND 9224318015999999)",
+                example: "t.user_id || ' (id ' || t.id || ')'",
+                report: |n| timestamp_range(n, "last_validated` or `valid_until_ms"),
+            },
+        ],
         group_by: None,
     },
     Dependent {
@@ -205,6 +229,14 @@ fn user_checks() -> Vec<UserCheck> {
             report: |n, _| guests(n),
         },
         UserCheck {
+            // Seconds; migrate turns them into milliseconds (see `timestamp_range`).
+            cond: "appservice_id IS NULL \
+                   AND creation_ts NOT BETWEEN -210866803200 AND 9224318015999"
+                .into(),
+            example: "name",
+            report: |n, _| timestamp_range(n, "creation_ts"),
+        },
+        UserCheck {
             cond: format!("appservice_id IS NULL AND {}", sql::NON_BCRYPT_HASH),
             example: "name",
             report: |n, _| non_bcrypt(n),
@@ -242,6 +274,22 @@ fn localpart_colon(n: u64, _: &str) -> Finding {
         n,
         "these accounts cannot be migrated: remove them (and their rows in the other user tables) \
          from Synapse, or mark them as appservice users if a bridge owns them",
+    )
+}
+
+/// Rows with a time PostgreSQL's `timestamptz` cannot hold (4713 BC to 294276 AD): the
+/// conditions above use the bounds of `copy_binary::pg_micros_from_unix_ms` in Unix
+/// milliseconds, -210866803200000 and 9224318015999999 (seconds for `users.creation_ts`).
+fn timestamp_range(n: u64, column: &str) -> Finding {
+    Finding::new(
+        ids::TIMESTAMP_RANGE,
+        format!(
+            "rows whose `{column}` is a time PostgreSQL's `timestamptz` cannot hold (before \
+             4713 BC or after 294276 AD); migrate cannot write them"
+        ),
+        n,
+        "no Synapse writes such values: in Synapse, set them to a real time (or NULL where \
+         the column allows it) after a look at the rows",
     )
 }
 
@@ -559,6 +607,33 @@ mod tests {
         let dev = dependent_sql(&DEPENDENTS[2]);
         assert!(!dev.contains("GROUP BY"), "{dev}");
         assert!(dev.starts_with("SELECT NULL::text, count(*)"), "{dev}");
+    }
+
+    #[test]
+    fn timestamp_bounds_are_those_of_the_copy_encoder() {
+        use crate::db::copy_binary::pg_micros_from_unix_ms;
+        let (lo, hi) = (-210_866_803_200_000_i64, 9_224_318_015_999_999_i64);
+        assert!(pg_micros_from_unix_ms(lo).is_ok() && pg_micros_from_unix_ms(lo - 1).is_err());
+        assert!(pg_micros_from_unix_ms(hi).is_ok() && pg_micros_from_unix_ms(hi + 1).is_err());
+        let (lo_s, hi_s) = (-210_866_803_200_i64, 9_224_318_015_999_i64);
+        assert!(pg_micros_from_unix_ms(lo_s * 1000).is_ok());
+        assert!(pg_micros_from_unix_ms((lo_s - 1) * 1000).is_err());
+        assert!(pg_micros_from_unix_ms(hi_s * 1000).is_ok());
+        assert!(pg_micros_from_unix_ms((hi_s + 1) * 1000).is_err());
+        let conds: Vec<String> = DEPENDENTS
+            .iter()
+            .flat_map(|d| d.extras.iter().map(|e| e.cond.to_owned()))
+            .chain(user_checks().into_iter().map(|c| c.cond))
+            .filter(|c| c.contains("NOT BETWEEN"))
+            .collect();
+        assert_eq!(conds.len(), 4);
+        for c in conds {
+            assert!(
+                c.contains(&format!("BETWEEN {lo} AND {hi}"))
+                    || c.contains(&format!("BETWEEN {lo_s} AND {hi_s}")),
+                "{c}"
+            );
+        }
     }
 
     #[test]
