@@ -4,7 +4,7 @@ use std::fmt;
 
 /// A secret string (database password, pepper, token…). `Debug` and `Display` print a fixed
 /// marker so that deriving `Debug` on a config struct can never leak it.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Secret(String);
 
 impl Secret {

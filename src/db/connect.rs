@@ -60,7 +60,7 @@ impl SslMode {
 }
 
 /// A PEM document given either as a path or inline (MAS accepts both forms).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Pem {
     File(PathBuf),
     /// Inline PEM text; kept as a `Secret` because a private key may be given this way.
@@ -717,8 +717,36 @@ mod tls {
             SslMode::VerifyCa => (PgSslMode::Require, true, false),
             SslMode::VerifyFull => (PgSslMode::Require, true, true),
         };
-        let connector = connector(options, verify_chain, verify_host)?;
+        let connector = cached_connector(options, verify_chain, verify_host)?;
         Ok(Transport::Tls { mode, connector })
+    }
+
+    /// Building a connector loads and parses the system's CA bundle, which took more client
+    /// CPU than a whole migration's TLS traffic when every one of a run's sessions did it; the
+    /// sessions of one run share their settings, so each distinct setting is built once.
+    fn cached_connector(
+        options: &ConnectOptions,
+        verify_chain: bool,
+        verify_host: bool,
+    ) -> Result<TlsConnector, String> {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        type Key = (Option<Pem>, Option<Pem>, Option<Pem>, bool, bool);
+        static CACHE: OnceLock<Mutex<HashMap<Key, TlsConnector>>> = OnceLock::new();
+        let key: Key = (
+            options.ssl_root_cert.clone(),
+            options.ssl_cert.clone(),
+            options.ssl_key.clone(),
+            verify_chain,
+            verify_host,
+        );
+        let cache = CACHE.get_or_init(Mutex::default);
+        if let Some(c) = cache.lock().unwrap().get(&key) {
+            return Ok(c.clone());
+        }
+        let built = connector(options, verify_chain, verify_host)?;
+        cache.lock().unwrap().insert(key, built.clone());
+        Ok(built)
     }
 
     fn connector(
