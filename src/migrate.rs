@@ -377,11 +377,12 @@ async fn spawn_writers(
 }
 
 /// The stages in order, each with the targets that no later stage writes (their writers are
-/// closed when the stage ends, so their rebuild can start while later stages load). The
-/// largest read goes first: the index builds of its three tables, most of the rebuild, then
-/// overlap with the loading of the rest.
+/// closed when the stage ends, so their rebuild can start while later stages load). Users go
+/// first because their trigram index is the longest single rebuild job; the devices/tokens
+/// read, the largest, comes next so its many index builds overlap with the smaller reads.
 fn stages() -> [(Query, &'static [Target]); 4] {
     [
+        (Query::Users, &[Target::Users, Target::UserPasswords]),
         (
             Query::Sessions,
             &[
@@ -390,7 +391,6 @@ fn stages() -> [(Query, &'static [Target]); 4] {
                 Target::CompatRefreshTokens,
             ],
         ),
-        (Query::Users, &[Target::Users, Target::UserPasswords]),
         (
             Query::Threepids,
             &[Target::UserEmails, Target::UserUnsupportedThirdPartyIds],
