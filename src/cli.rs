@@ -3,6 +3,7 @@
 //! The flag names and their global placement follow `mas-cli syn2mas` so operators' scripts keep
 //! working when they switch tools.
 
+use crate::secret::Secret;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -25,7 +26,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args, Clone)]
+#[derive(Args, Clone)]
 pub struct GlobalArgs {
     /// MAS configuration file; repeat to merge several (default: $MAS_CONFIG, colon-separated, else config.yaml)
     #[arg(short = 'c', long = "config", global = true, value_name = "MAS.yaml")]
@@ -98,6 +99,30 @@ pub struct MigrateArgs {
     /// Number of PostgreSQL sessions building indexes and constraints on MAS in parallel
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub rebuild_sessions: usize,
+}
+
+/// By hand, so that the database URIs, which may hold a password, show as `[redacted]`.
+impl std::fmt::Debug for GlobalArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |uri: &Option<String>| uri.as_ref().map(|_| Secret::default());
+        f.debug_struct("GlobalArgs")
+            .field("config", &self.config)
+            .field("synapse_config", &self.synapse_config)
+            .field(
+                "synapse_database_uri",
+                &redacted(&self.synapse_database_uri),
+            )
+            .field("mas_database_uri", &redacted(&self.mas_database_uri))
+            .field(
+                "ignore_missing_auth_providers",
+                &self.ignore_missing_auth_providers,
+            )
+            .field("json", &self.json)
+            .field("verbose", &self.verbose)
+            .field("quiet", &self.quiet)
+            .field("color", &self.color)
+            .finish()
+    }
 }
 
 impl GlobalArgs {

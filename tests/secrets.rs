@@ -445,3 +445,27 @@ fn debug_of_loaded_configs_redacts_every_secret() {
         );
     }
 }
+
+/// The parsed command line keeps the database URIs (which may hold a password) out of `Debug`.
+#[test]
+fn debug_of_the_command_line_redacts_database_uris() {
+    use clap::Parser;
+    let uri = format!("postgresql://postgres:{URI_PASSWORD}@db/x");
+    let cli = syn2mas::cli::Cli::try_parse_from([
+        "syn2mas",
+        "--synapse-database-uri",
+        &uri,
+        "--mas-database-uri",
+        &uri,
+        "migrate",
+        "--dry-run",
+    ])
+    .unwrap();
+    assert_eq!(cli.global.mas_database_uri.as_deref(), Some(uri.as_str()));
+    let text = format!("{cli:?} {cli:#?}");
+    assert!(!text.contains(MARKER), "{text}");
+    assert!(
+        text.contains("mas_database_uri: Some([redacted])"),
+        "{text}"
+    );
+}
