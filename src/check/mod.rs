@@ -43,26 +43,59 @@ const LOCK_TIMEOUT: &str = "10s";
 /// Connects to both databases and runs every check. `Err` only for failures to connect or to
 /// query (exit 1); problems found are findings in the report.
 pub async fn run(inputs: &CheckInputs<'_>) -> Result<Report> {
-    let (synapse, mas) = tokio::try_join!(
+    let (synapse, planner, mas) = tokio::try_join!(
+        inputs.synapse_db.connect("Synapse"),
         inputs.synapse_db.connect("Synapse"),
         inputs.mas_db.connect("MAS"),
     )?;
     tokio::try_join!(begin_read_only(&synapse), begin_read_only(&mas))?;
-    let report = inspect(inputs, &synapse, &mas).await?;
-    tokio::try_join!(finish(&synapse, "Synapse"), finish(&mas, "MAS"))?;
+    share_snapshot(&synapse, &planner).await?;
+    let report = inspect(inputs, &synapse, &planner, &mas).await?;
+    tokio::try_join!(
+        finish(&synapse, "Synapse"),
+        finish(&planner, "Synapse"),
+        finish(&mas, "MAS")
+    )?;
     Ok(report)
+}
+
+/// The plan's aggregates are the most expensive part of `check`; a second Synapse session
+/// computes them while the first runs the data checks, both on the same snapshot so their
+/// figures agree. Both get enough `work_mem` that the hash joins over millions of rows stay
+/// in memory (their own transaction only).
+async fn share_snapshot(first: &Client, second: &Client) -> Result<()> {
+    let snapshot: String = first
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .context("exporting the Synapse snapshot")?
+        .get(0);
+    crate::source::snapshot::join(second, &snapshot).await?;
+    for c in [first, second] {
+        c.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; SET LOCAL work_mem = '256MB'"
+        ))
+        .await
+        .context("configuring a Synapse session")?;
+    }
+    Ok(())
 }
 
 /// All checks, on connections already inside their read-only transactions. Report order:
 /// configuration, MAS database, Synapse schema and data, auth providers.
-async fn inspect(inputs: &CheckInputs<'_>, synapse: &Client, mas: &Client) -> Result<Report> {
+async fn inspect(
+    inputs: &CheckInputs<'_>,
+    synapse: &Client,
+    planner: &Client,
+    mas: &Client,
+) -> Result<Report> {
     let (syn_db, mas_db) = tokio::try_join!(
         describe(synapse, "synapse", inputs.synapse_db),
         describe(mas, "mas", inputs.mas_db),
     )?;
-    let ((schema_findings, syn_facts), mas_facts) = tokio::try_join!(
+    let ((schema_findings, syn_facts), mas_facts, plan) = tokio::try_join!(
         inspect_synapse(synapse, inputs.mas),
         mas_target::inspect(mas, &mas_db),
+        plan_if_usable(planner, inputs.mas),
     )?;
     let mut report = Report {
         databases: vec![syn_db, mas_db],
@@ -91,7 +124,7 @@ async fn inspect(inputs: &CheckInputs<'_>, synapse: &Client, mas: &Client) -> Re
         report.findings.push(finding);
     }
     report.providers = analysis.mappings;
-    report.plan = Some(plan(synapse, inputs.mas).await?);
+    report.plan = plan;
     Ok(report)
 }
 
@@ -145,6 +178,15 @@ async fn inspect_synapse(
     // against it (a differing Synapse `server_name` is E-server-name-config).
     let facts = synapse_data::inspect(client, &mas.homeserver).await?;
     Ok((schema, Some(facts)))
+}
+
+/// The plan, unless the Synapse schema is one the queries cannot run on (the schema checks
+/// report that).
+async fn plan_if_usable(client: &Client, mas: &MasConfig) -> Result<Option<Plan>> {
+    if !synapse_schema::inspect(client).await?.is_empty() {
+        return Ok(None);
+    }
+    plan(client, mas).await.map(Some)
 }
 
 /// The exact per-entity counts, from the migration's own queries.
