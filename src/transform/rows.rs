@@ -113,6 +113,31 @@ fn count_migrated(batch: &mut Batch, entity: Entity) {
     c.migrated += 1;
 }
 
+/// The fields of a row whose user id is its first column, or `None` when its `skip` column
+/// says it is not migrated (then it is counted as skipped under `entity`).
+fn unless_skipped<'r, 'a>(
+    ctx: &Ctx,
+    table: &'static str,
+    entity: Entity,
+    row: &'r Row<'a>,
+    batch: &mut Batch,
+) -> Result<Option<Fields<'r, 'a>>, RowError> {
+    let probe = Fields {
+        table,
+        row,
+        who: "?",
+    };
+    let f = Fields {
+        who: probe.text(0, "user_id")?,
+        ..probe
+    };
+    if let Some(r) = f.skip(ctx)? {
+        count_skip(batch, entity, r);
+        return Ok(None);
+    }
+    Ok(Some(f))
+}
+
 /// `users` → `users` (+ `user_passwords`).
 pub(super) fn user(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), RowError> {
     let probe = Fields {
@@ -173,20 +198,10 @@ pub(super) fn user(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), Ro
 
 /// `user_threepids` → `user_emails` or `user_unsupported_third_party_ids`.
 pub(super) fn threepid(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), RowError> {
-    let probe = Fields {
-        table: "user_threepids",
-        row,
-        who: "?",
-    };
-    let user_id = probe.text(0, "user_id")?;
-    let f = Fields {
-        who: user_id,
-        ..probe
-    };
-    if let Some(r) = f.skip(ctx)? {
-        count_skip(batch, Entity::Threepids, r);
+    let Some(f) = unless_skipped(ctx, "user_threepids", Entity::Threepids, row, batch)? else {
         return Ok(());
-    }
+    };
+    let user_id = f.who;
     let (medium, address, added_at) = (
         f.text(1, "medium")?,
         f.text(2, "address")?,
@@ -223,20 +238,10 @@ pub(super) fn threepid(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<()
 
 /// `user_external_ids` → `upstream_oauth_links`.
 pub(super) fn external_id(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), RowError> {
-    let probe = Fields {
-        table: "user_external_ids",
-        row,
-        who: "?",
-    };
-    let user_id = probe.text(0, "user_id")?;
-    let f = Fields {
-        who: user_id,
-        ..probe
-    };
-    if let Some(r) = f.skip(ctx)? {
-        count_skip(batch, Entity::ExternalIds, r);
+    let Some(f) = unless_skipped(ctx, "user_external_ids", Entity::ExternalIds, row, batch)? else {
         return Ok(());
-    }
+    };
+    let user_id = f.who;
     let (provider, subject) = (f.text(1, "auth_provider")?, f.text(2, "external_id")?);
     let provider_id = *ctx
         .providers
