@@ -78,6 +78,8 @@ pub enum Command {
     Check,
     /// Run every check, then migrate Synapse's accounts into MAS, all or nothing
     Migrate(MigrateArgs),
+    /// Compare Synapse with the migrated MAS database row by row, read-only; exit 10 on any difference
+    Verify,
     /// Create two demo databases from the bundled fixture on the local PostgreSQL, then check and migrate them
     Demo,
 }

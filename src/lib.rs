@@ -16,3 +16,4 @@ pub mod secret;
 pub mod sink;
 pub mod source;
 pub mod transform;
+pub mod verify;

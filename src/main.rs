@@ -110,6 +110,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
     }
     let g = &cli.global;
     let l = load(g)?;
+    if let Command::Verify = cli.command {
+        return verify(g, &l).await;
+    }
     let report = check::run(&CheckInputs {
         synapse: &l.synapse,
         mas: &l.mas,
@@ -128,7 +131,25 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Migrate(args) => migrate_after_check(g, args, &l, report).await,
         Command::Demo => unreachable!("demo runs as migrate"),
+        Command::Verify => unreachable!("verify returned above"),
     }
+}
+
+/// `syn2mas verify`: the report on stdout (with `--json`: JSON on stdout, text on stderr).
+async fn verify(g: &GlobalArgs, l: &Loaded) -> anyhow::Result<u8> {
+    let report = syn2mas::verify::run(&syn2mas::verify::VerifyInputs {
+        mas: &l.mas,
+        synapse_db: &l.synapse_db,
+        mas_db: &l.mas_db,
+    })
+    .await?;
+    if g.json {
+        report.render_human(&mut std::io::stderr().lock())?;
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else if !g.quiet || !report.ok() {
+        report.render_human(&mut std::io::stdout().lock())?;
+    }
+    Ok(report.exit_code())
 }
 
 fn print_report(g: &GlobalArgs, report: &Report) -> anyhow::Result<()> {
