@@ -871,3 +871,31 @@ async fn a_constraint_failure_in_the_rebuild_rolls_everything_back() {
     assert!(env.shadow_tables().await.is_empty());
     assert_eq!(env.catalogue().await, catalogue);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_errors_lose_their_detail_line_which_can_hold_a_token() {
+    let db = TestDb::mas_empty(Schema::Project).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (tok text); INSERT INTO t VALUES ('syt_SECRET'), ('syt_SECRET')",
+        )
+        .await
+        .unwrap();
+    let e = client
+        .batch_execute("CREATE UNIQUE INDEX t_tok ON t (tok)")
+        .await
+        .unwrap_err();
+    let raw = format!("{:#}", anyhow::Error::from(e));
+    assert!(
+        raw.contains("syt_SECRET"),
+        "PostgreSQL puts the key in DETAIL: {raw}"
+    );
+    let e = client
+        .batch_execute("CREATE UNIQUE INDEX t_tok ON t (tok)")
+        .await
+        .unwrap_err();
+    let safe = format!("{:#}", syn2mas::db::without_detail(e));
+    assert!(safe.contains("could not create unique index"), "{safe}");
+    assert!(!safe.contains("syt_SECRET"), "{safe}");
+}

@@ -301,7 +301,7 @@ impl Runner {
             for sql in &job.sql {
                 if let Err(e) = client.batch_execute(sql).await {
                     self.abort();
-                    return Err(e).with_context(|| {
+                    return Err(crate::db::without_detail(e)).with_context(|| {
                         format!("rebuilding {} on MAS `{}`", job.label, job.target.name())
                     });
                 }

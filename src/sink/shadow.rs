@@ -181,6 +181,7 @@ pub async fn swap(client: &mut Client, renames: &[Rename], commit: bool) -> anyh
         };
         tx.batch_execute(&sql)
             .await
+            .map_err(crate::db::without_detail)
             .with_context(|| format!("swap: {sql}"))?;
     }
     restore(&tx, &carried).await?;
@@ -279,6 +280,7 @@ async fn restore(tx: &Transaction<'_>, c: &Carried) -> anyhow::Result<()> {
     for s in sql {
         tx.batch_execute(&s)
             .await
+            .map_err(crate::db::without_detail)
             .with_context(|| format!("swap: {s}"))?;
     }
     Ok(())

@@ -26,7 +26,11 @@ pub async fn run(
         .await
         .with_context(what)?;
     let Some(first) = rx.recv().await else {
-        client.batch_execute("COMMIT").await.with_context(what)?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(crate::db::without_detail)
+            .with_context(what)?;
         return Ok(0);
     };
     let sql = format!(
@@ -34,17 +38,39 @@ pub async fn run(
         shadow_name(target),
         target.columns().join(", ")
     );
-    let sink = client.copy_in::<_, Bytes>(&sql).await.with_context(what)?;
+    let sink = client
+        .copy_in::<_, Bytes>(&sql)
+        .await
+        .map_err(crate::db::without_detail)
+        .with_context(what)?;
     futures::pin_mut!(sink);
-    sink.feed(Bytes::from(header())).await.with_context(what)?;
-    sink.feed(Bytes::from(first)).await.with_context(what)?;
+    sink.feed(Bytes::from(header()))
+        .await
+        .map_err(crate::db::without_detail)
+        .with_context(what)?;
+    sink.feed(Bytes::from(first))
+        .await
+        .map_err(crate::db::without_detail)
+        .with_context(what)?;
     while let Some(body) = rx.recv().await {
-        sink.feed(Bytes::from(body)).await.with_context(what)?;
+        sink.feed(Bytes::from(body))
+            .await
+            .map_err(crate::db::without_detail)
+            .with_context(what)?;
     }
     sink.feed(Bytes::from_static(TRAILER))
         .await
         .with_context(what)?;
-    let rows = sink.as_mut().finish().await.with_context(what)?;
-    client.batch_execute("COMMIT").await.with_context(what)?;
+    let rows = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(crate::db::without_detail)
+        .with_context(what)?;
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(crate::db::without_detail)
+        .with_context(what)?;
     Ok(rows)
 }
