@@ -121,6 +121,7 @@ fn main() -> Result<()> {
         document.push('\n');
     }
     let path = results_path(bench.args.smoke)?;
+    document.push_str(&kept_analysis(&path));
     std::fs::write(&path, document).with_context(|| format!("writing {}", path.display()))?;
     println!("results written to {}", path.display());
     if failed {
@@ -149,6 +150,21 @@ fn generate_child(args: &Args, users: u32) -> Result<()> {
     let report = rt.block_on(generate(&opts))?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// Marks where the hand-written analysis starts in RESULTS.md; it survives re-runs.
+const ANALYSIS_MARKER: &str =
+    "<!-- analysis: written by hand, kept when the tables are regenerated -->";
+
+/// The hand-written analysis of the previous RESULTS.md (from the marker on), if any.
+fn kept_analysis(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|old| {
+            old.find(ANALYSIS_MARKER)
+                .map(|i| format!("\n{}", &old[i..]))
+        })
+        .unwrap_or_default()
 }
 
 fn results_path(smoke: bool) -> Result<PathBuf> {
