@@ -51,7 +51,11 @@ async fn pause_point(point: &str) {
 }
 
 /// Chunks being transformed at once; with bounded channels this bounds memory.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 3;
+
+/// Encoded bodies queued per MAS table; with `IN_FLIGHT` and the chunk size this is what bounds
+/// memory (a few MiB per table at most), whatever the number of users.
+const WRITER_QUEUE: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
@@ -361,7 +365,7 @@ async fn spawn_writers(
     for (t, client) in Target::ALL.into_iter().zip(clients) {
         // The shadow tables are disposable until the swap, whose own commit is synchronous.
         client.batch_execute("SET synchronous_commit = off").await?;
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         senders.insert(t, tx);
         let runner = runner.clone();
         writers.push((

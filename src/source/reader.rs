@@ -11,7 +11,7 @@ use crate::db::copy_binary::{header_len, scan_tuples};
 
 /// Target size of one chunk handed to a transform worker: large enough that per-chunk costs
 /// vanish, small enough that a few in flight keep memory flat.
-pub const CHUNK_BYTES: usize = 1 << 20;
+pub const CHUNK_BYTES: usize = 512 << 10;
 
 /// A run of complete tuples of one entity.
 #[derive(Debug)]
