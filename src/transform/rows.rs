@@ -510,9 +510,26 @@ fn access_token(
             deviceless_session(ctx, f, batch, uid, id, created_ms)?
         }
     };
-    let created = f.micros(created_ms, "last_validated")?;
-    let expires = expires
-        .map(|ms| f.micros(ms, "valid_until_ms"))
+    write_access_token(ctx, f, batch, session, id, token, created_ms, expires)?;
+    count_migrated(batch, Entity::AccessTokens);
+    Ok(())
+}
+
+/// Writes a `compat_access_tokens` row and returns its id (the refresh token points at it).
+#[allow(clippy::too_many_arguments)]
+fn write_access_token(
+    ctx: &Ctx,
+    f: &Fields<'_, '_>,
+    batch: &mut Batch,
+    session: u128,
+    id: i64,
+    token: &str,
+    created_ms: i64,
+    expires_ms: Option<i64>,
+) -> Result<u128, RowError> {
+    let created = f.micros(created_ms, "access_tokens.last_validated")?;
+    let expires = expires_ms
+        .map(|ms| f.micros(ms, "access_tokens.valid_until_ms"))
         .transpose()?;
     let token_id = ctx
         .ids
@@ -525,8 +542,7 @@ fn access_token(
         .text(token)
         .timestamptz(created)
         .opt_timestamptz(expires);
-    count_migrated(batch, Entity::AccessTokens);
-    Ok(())
+    Ok(token_id)
 }
 
 /// A refresh token with the access token it produced, in the order of refresh_tokens.sql.
@@ -570,24 +586,11 @@ fn refresh_pair(
         .unwrap_or(ctx.now_ms);
     let lp = localpart(ctx, f, s.user_id)?;
     let (session, _) = device_session(ctx, lp, device_id, s.session_ms);
+    let at_uuid = write_access_token(ctx, f, batch, session, at_id, at_token, created_ms, expires)?;
     let created = f.micros(created_ms, "access_tokens.last_validated")?;
-    let expires = expires
-        .map(|ms| f.micros(ms, "access_tokens.valid_until_ms"))
-        .transpose()?;
-    let at_uuid = ctx
-        .ids
-        .ulid(Kind::AccessToken, created_ms, &[&at_id.to_le_bytes()]);
     let rt_uuid = ctx
         .ids
         .ulid(Kind::RefreshToken, created_ms, &[&rt_id.to_le_bytes()]);
-    batch
-        .encoder(Target::CompatAccessTokens)
-        .row(Target::CompatAccessTokens.width())
-        .uuid(at_uuid)
-        .uuid(session)
-        .text(at_token)
-        .timestamptz(created)
-        .opt_timestamptz(expires);
     batch
         .encoder(Target::CompatRefreshTokens)
         .row(Target::CompatRefreshTokens.width())
