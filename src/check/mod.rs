@@ -149,7 +149,11 @@ async fn finish(client: &Client, side: &str) -> Result<()> {
 
 /// Where we are connected: host and port as configured (after libpq's environment and
 /// defaults), database and user as the server reports them.
-async fn describe(client: &Client, side: &str, opts: &ConnectOptions) -> Result<DatabaseInfo> {
+pub(crate) async fn describe(
+    client: &Client,
+    side: &str,
+    opts: &ConnectOptions,
+) -> Result<DatabaseInfo> {
     let (host, port, _, _) = opts.effective();
     let row = client
         .query_one("SELECT current_database()::text, current_user::text", &[])

@@ -31,7 +31,6 @@ pub use report::{
     Difference, EXIT_DIFFERENCES, EntityReport, Example, ExampleKind, JSON_VERSION, Report,
 };
 
-use crate::check::DatabaseInfo;
 use crate::config::MasConfig;
 use crate::db::ConnectOptions;
 use crate::source::snapshot;
@@ -68,8 +67,8 @@ pub async fn run(inputs: &VerifyInputs<'_>) -> anyhow::Result<Report> {
         export_snapshot(&mas, "MAS")
     )?;
     let databases = vec![
-        describe(&synapse, "synapse", inputs.synapse_db).await?,
-        describe(&mas, "mas", inputs.mas_db).await?,
+        crate::check::describe(&synapse, "synapse", inputs.synapse_db).await?,
+        crate::check::describe(&mas, "mas", inputs.mas_db).await?,
     ];
     let shared = Shared {
         inputs,
@@ -233,26 +232,6 @@ async fn commit(client: &Client, side: &str) -> anyhow::Result<()> {
         .batch_execute("COMMIT")
         .await
         .with_context(|| format!("ending the read-only transaction on {side}"))
-}
-
-/// Where we are connected, as `check` reports it.
-async fn describe(
-    client: &Client,
-    side: &str,
-    opts: &ConnectOptions,
-) -> anyhow::Result<DatabaseInfo> {
-    let (host, port, _, _) = opts.effective();
-    let row = client
-        .query_one("SELECT current_database()::text, current_user::text", &[])
-        .await
-        .with_context(|| format!("asking the {side} database who we are"))?;
-    Ok(DatabaseInfo {
-        side: side.to_owned(),
-        host,
-        port,
-        dbname: row.get(0),
-        user: row.get(1),
-    })
 }
 
 #[cfg(test)]
