@@ -94,6 +94,12 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub allow_warnings: bool,
 
+    /// Run every `check` (and its exact plan) before migrating, not only the preflight checks;
+    /// row-level problems are then refused before anything starts instead of when the
+    /// migration reads the row (costs ~15 s per million users)
+    #[arg(long)]
+    pub full_check: bool,
+
     /// Derive every generated id from this seed instead of fresh randomness (reproducible runs, tests)
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,

@@ -115,13 +115,14 @@ pub struct Summary {
     pub plan_mismatches: Vec<String>,
 }
 
-/// Runs the migration. `plan` is check's plan (exact counts, for progress and the final
-/// accounting). `sessions` collects backend pids for `cleanup`.
+/// Runs the migration. `plan` is check's exact plan when it computed one (`--full-check`; the
+/// final accounting compares against it), else sizes are estimated from Synapse's statistics.
+/// `sessions` collects backend pids for `cleanup`.
 pub async fn run(
     synapse_db: &ConnectOptions,
     mas_db: &ConnectOptions,
     mas: &MasConfig,
-    plan: &Plan,
+    exact_plan: Option<&Plan>,
     opts: &MigrateOptions,
     progress: &Progress,
     sessions: &Sessions,
@@ -142,22 +143,34 @@ pub async fn run(
     tracing::debug!(elapsed = ?started.elapsed(), "MAS checked and locked");
     let defs = catalog::read(&main).await?;
 
-    let synapse = synapse_db.connect("Synapse").await?;
+    let (synapse, synapse2) =
+        tokio::try_join!(synapse_db.connect("Synapse"), synapse_db.connect("Synapse"))?;
     let lock = if opts.dry_run {
         LockMode::AccessShare
     } else {
         LockMode::Exclusive
     };
-    snapshot::open(&synapse, lock).await?;
-    // The reads hash-join a few tables of millions of rows; with PostgreSQL's default 4 MB
-    // they spill to disk in many batches. Only this session, only this transaction.
-    synapse
-        .batch_execute("SET LOCAL work_mem = '256MB'")
-        .await
-        .context("configuring the Synapse read session")?;
-    tracing::debug!(elapsed = ?started.elapsed(), "Synapse snapshot open");
+    let snapshot_id = snapshot::open(&synapse, lock).await?;
+    snapshot::join(&synapse2, &snapshot_id).await?;
     let ctx = Arc::new(context(mas, opts)?);
-    source::set_query_params(&synapse, ctx.providers.keys().map(String::as_str)).await?;
+    for client in [&synapse, &synapse2] {
+        // The reads hash-join a few tables of millions of rows; with PostgreSQL's default
+        // 4 MB they spill to disk in many batches. Only these sessions, only this transaction.
+        client
+            .batch_execute("SET LOCAL work_mem = '256MB'")
+            .await
+            .context("configuring a Synapse read session")?;
+        source::set_query_params(client, ctx.providers.keys().map(String::as_str)).await?;
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), "Synapse snapshot open");
+    let estimated;
+    let plan = match exact_plan {
+        Some(p) => p,
+        None => {
+            estimated = source::plan::estimate(&synapse).await?;
+            &estimated
+        }
+    };
 
     let mas_rows_plan: BTreeMap<Target, u64> = Target::ALL
         .iter()
@@ -176,9 +189,9 @@ pub async fn run(
     let (senders, writers) = spawn_writers(mas_db, &runner, sessions).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "MAS sessions open");
 
-    let load = load(&synapse, &ctx, plan, progress, senders).await;
+    let load = load([&synapse, &synapse2], &ctx, plan, progress, senders).await;
     let load_seconds = started.elapsed().as_secs_f64();
-    drop(synapse);
+    drop((synapse, synapse2));
     let (stats, stage_seconds) = match load {
         Ok(v) => v,
         Err(e) => {
@@ -209,7 +222,9 @@ pub async fn run(
     let entities = summarise(&stats, &stage_seconds)?;
     Ok(Summary {
         dry_run: opts.dry_run,
-        plan_mismatches: plan_mismatches(plan, &entities),
+        plan_mismatches: exact_plan
+            .map(|p| plan_mismatches(p, &entities))
+            .unwrap_or_default(),
         entities,
         mas_rows: written
             .iter()
@@ -380,39 +395,84 @@ async fn spawn_writers(
     Ok((senders, writers))
 }
 
-/// The stages in order, each with the targets that no later stage writes (their writers are
-/// closed when the stage ends, so their rebuild can start while later stages load). Users go
-/// first because their trigram index is the longest single rebuild job; the devices/tokens
-/// read, the largest, comes next so its many index builds overlap with the smaller reads.
-fn stages() -> [(Query, &'static [Target]); 4] {
+/// A stage: a query and the targets that no later stage writes (their writers are closed when
+/// the stage ends, so their rebuild can start while other stages load).
+type Stage = (Query, &'static [Target]);
+
+/// The two lanes of stages, each read on its own Synapse session from the same snapshot.
+///
+/// The devices/tokens read is the largest by far (one query whose hash joins take seconds
+/// before the first row) and its tables carry most of the indexes, so it gets a lane to
+/// itself. The other lane reads users first (their trigram index is the longest single
+/// rebuild job), then threepids and external ids, whose index builds fill the time the
+/// rebuild sessions would otherwise wait for the devices/tokens load to finish.
+fn lanes() -> [Vec<Stage>; 2] {
     [
-        (Query::Users, &[Target::Users, Target::UserPasswords]),
-        (
+        vec![(
             Query::Sessions,
             &[
                 Target::CompatSessions,
                 Target::CompatAccessTokens,
                 Target::CompatRefreshTokens,
             ],
-        ),
-        (
-            Query::Threepids,
-            &[Target::UserEmails, Target::UserUnsupportedThirdPartyIds],
-        ),
-        (Query::ExternalIds, &[Target::UpstreamOauthLinks]),
+        )],
+        vec![
+            (Query::Users, &[Target::Users, Target::UserPasswords]),
+            (
+                Query::Threepids,
+                &[Target::UserEmails, Target::UserUnsupportedThirdPartyIds],
+            ),
+            (Query::ExternalIds, &[Target::UpstreamOauthLinks]),
+        ],
     ]
 }
 
+/// Runs both lanes at once; on the first error the other lane is dropped (its reads stop with
+/// it) and the error returned.
 async fn load(
-    synapse: &Client,
+    synapse: [&Client; 2],
     ctx: &Arc<Ctx>,
     plan: &Plan,
     progress: &Progress,
     mut senders: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
 ) -> anyhow::Result<(Stats, BTreeMap<Entity, f64>)> {
+    let [first, second] = lanes();
+    let split = |lane: &[Stage], senders: &mut BTreeMap<Target, mpsc::Sender<Vec<u8>>>| {
+        lane.iter()
+            .flat_map(|(_, targets)| targets.iter())
+            .filter_map(|t| senders.remove(t).map(|tx| (*t, tx)))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let (first_senders, second_senders) =
+        (split(&first, &mut senders), split(&second, &mut senders));
+    let ((mut stats, mut seconds), (s2, sec2)) = tokio::try_join!(
+        run_lane(synapse[0], ctx, plan, progress, &first, first_senders),
+        run_lane(synapse[1], ctx, plan, progress, &second, second_senders),
+    )?;
+    stats.merge(&s2);
+    seconds.extend(sec2);
+    count_refresh_without_access_token(synapse[0], &mut stats).await?;
+    for client in synapse {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .context("closing the Synapse read transaction")?;
+    }
+    Ok((stats, seconds))
+}
+
+/// The stages of one lane in order on one Synapse session; seconds are per stage.
+async fn run_lane(
+    synapse: &Client,
+    ctx: &Arc<Ctx>,
+    plan: &Plan,
+    progress: &Progress,
+    stages: &[Stage],
+    mut senders: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
+) -> anyhow::Result<(Stats, BTreeMap<Entity, f64>)> {
     let mut stats = Stats::default();
     let mut seconds = BTreeMap::new();
-    for (query, closes) in stages() {
+    for &(query, closes) in stages {
         let start = Instant::now();
         let bar = progress.bar(query.name(), stage_rows(plan, query), "rows");
         let s = run_stage(synapse, ctx, query, &senders, &bar).await?;
@@ -429,11 +489,6 @@ async fn load(
             pause_point("after-users").await;
         }
     }
-    count_refresh_without_access_token(synapse, &mut stats).await?;
-    synapse
-        .batch_execute("COMMIT")
-        .await
-        .context("closing the Synapse read transaction")?;
     Ok((stats, seconds))
 }
 
@@ -512,6 +567,10 @@ async fn run_stage(
             }
             stats.merge(&batch.stats);
             bar.inc(rows as u64);
+            // Sizes may be estimates (preflight scope): never show more than 100 %.
+            if bar.length().is_some_and(|len| bar.position() > len) {
+                bar.set_length(bar.position());
+            }
         }
         Ok::<Stats, anyhow::Error>(stats)
     };

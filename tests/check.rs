@@ -93,6 +93,7 @@ impl Setup {
             synapse_db: &synapse_db,
             mas_db: &self.mas_cfg.database,
             ignore_missing_auth_providers,
+            scope: check::Scope::Full,
         })
         .await
         .unwrap_or_else(|e| panic!("check failed: {e:#}"))

@@ -1147,3 +1147,52 @@ async fn timestamps_postgresql_cannot_hold_are_check_errors() {
         .get(0);
     assert_eq!(expires, "3000-01-01");
 }
+
+/// Row-level problems in the tables other than `users` (here an orphan device and a threepid
+/// on another server): the default `migrate` runs only the preflight checks, finds them while
+/// reading and refuses with exit 10 naming the row, MAS untouched; `--full-check` refuses
+/// before reading anything, with the full report. Once they are fixed both migrate.
+#[tokio::test(flavor = "multi_thread")]
+async fn row_problems_outside_users_stop_migrate_in_both_check_scopes() {
+    let env = Env::new().await;
+    env.synapse
+        .exec(
+            "INSERT INTO devices (user_id, device_id, hidden) VALUES ('@ghost:example.com', 'GHOSTDEV', false); \
+             INSERT INTO user_threepids (user_id, medium, address, validated_at, added_at) VALUES \
+               ('@alice:elsewhere.org', 'email', 'a@elsewhere.org', 0, 0);",
+        )
+        .await;
+    let out = env.run(&["migrate", "--allow-warnings"]);
+    out.expect(10, "Refusing to migrate: Synapse `")
+        .expect(10, "`syn2mas check` lists every such row");
+    assert!(
+        out.stderr.contains("@ghost:example.com") || out.stderr.contains("@alice:elsewhere.org"),
+        "the row is named:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("E-orphan-rows]"),
+        "preflight does not run the orphan pass:\n{}",
+        out.stderr
+    );
+    env.assert_untouched("preflight, bad rows").await;
+
+    let out = env.run(&["migrate", "--allow-warnings", "--full-check", "--json"]);
+    out.expect(10, "E-orphan-rows").expect(10, "E-server-name");
+    env.assert_untouched("full check, bad rows").await;
+
+    env.synapse
+        .exec(
+            "DELETE FROM devices WHERE user_id = '@ghost:example.com'; \
+             DELETE FROM user_threepids WHERE user_id = '@alice:elsewhere.org';",
+        )
+        .await;
+    let out = env.run(&["migrate", "--allow-warnings", "--full-check", "--dry-run"]);
+    out.expect(0, "");
+    let out = env.run(&["migrate", "--allow-warnings", "--json"]);
+    out.expect(0, "");
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["check"]["scope"], "preflight");
+    assert!(doc["check"]["plan"].is_null());
+    assert_ne!(env.counts().await, vec![0; 8]);
+}

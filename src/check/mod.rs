@@ -34,6 +34,21 @@ pub struct CheckInputs<'a> {
     pub synapse_db: &'a ConnectOptions,
     pub mas_db: &'a ConnectOptions,
     pub ignore_missing_auth_providers: bool,
+    pub scope: Scope,
+}
+
+/// How much of Synapse's data `check` looks at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    /// Every check and the exact plan (`syn2mas check`, `migrate --full-check`).
+    Full,
+    /// Configuration, both schemas, MAS's state, providers and one pass over `users`: what
+    /// `migrate` needs before it starts. The row-level checks of the other tables are enforced
+    /// by the migration itself, which stops before MAS sees anything (see
+    /// `synapse_data::preflight`). Saves ~15 s of a 1M-user maintenance window.
+    Preflight,
 }
 
 /// A query that waits this long for a lock fails instead of hanging: something holds an
@@ -43,19 +58,24 @@ const LOCK_TIMEOUT: &str = "10s";
 /// Connects to both databases and runs every check. `Err` only for failures to connect or to
 /// query (exit 1); problems found are findings in the report.
 pub async fn run(inputs: &CheckInputs<'_>) -> Result<Report> {
-    let (synapse, planner, mas) = tokio::try_join!(
-        inputs.synapse_db.connect("Synapse"),
+    let (synapse, mas) = tokio::try_join!(
         inputs.synapse_db.connect("Synapse"),
         inputs.mas_db.connect("MAS"),
     )?;
     tokio::try_join!(begin_read_only(&synapse), begin_read_only(&mas))?;
-    share_snapshot(&synapse, &planner).await?;
-    let report = inspect(inputs, &synapse, &planner, &mas).await?;
-    tokio::try_join!(
-        finish(&synapse, "Synapse"),
-        finish(&planner, "Synapse"),
-        finish(&mas, "MAS")
-    )?;
+    let planner = match inputs.scope {
+        Scope::Full => {
+            let planner = inputs.synapse_db.connect("Synapse").await?;
+            share_snapshot(&synapse, &planner).await?;
+            Some(planner)
+        }
+        Scope::Preflight => None,
+    };
+    let report = inspect(inputs, &synapse, planner.as_ref(), &mas).await?;
+    tokio::try_join!(finish(&synapse, "Synapse"), finish(&mas, "MAS"))?;
+    if let Some(planner) = &planner {
+        finish(planner, "Synapse").await?;
+    }
     Ok(report)
 }
 
@@ -85,7 +105,7 @@ async fn share_snapshot(first: &Client, second: &Client) -> Result<()> {
 async fn inspect(
     inputs: &CheckInputs<'_>,
     synapse: &Client,
-    planner: &Client,
+    planner: Option<&Client>,
     mas: &Client,
 ) -> Result<Report> {
     let (syn_db, mas_db) = tokio::try_join!(
@@ -93,11 +113,12 @@ async fn inspect(
         describe(mas, "mas", inputs.mas_db),
     )?;
     let ((schema_findings, syn_facts), mas_facts, plan) = tokio::try_join!(
-        inspect_synapse(synapse, inputs.mas),
+        inspect_synapse(synapse, inputs.mas, inputs.scope),
         mas_target::inspect(mas, &mas_db),
         plan_if_usable(planner, inputs.mas),
     )?;
     let mut report = Report {
+        scope: inputs.scope,
         databases: vec![syn_db, mas_db],
         findings: config::check(inputs.synapse, inputs.mas),
         ..Report::default()
@@ -173,6 +194,7 @@ pub(crate) async fn describe(
 async fn inspect_synapse(
     client: &Client,
     mas: &MasConfig,
+    scope: Scope,
 ) -> Result<(Vec<Finding>, Option<synapse_data::SynapseFacts>)> {
     let schema = synapse_schema::inspect(client).await?;
     if !schema.is_empty() {
@@ -180,13 +202,19 @@ async fn inspect_synapse(
     }
     // The server name `migrate` extracts localparts with is MAS's, so the data is checked
     // against it (a differing Synapse `server_name` is E-server-name-config).
-    let facts = synapse_data::inspect(client, &mas.homeserver).await?;
+    let facts = match scope {
+        Scope::Full => synapse_data::inspect(client, &mas.homeserver).await?,
+        Scope::Preflight => synapse_data::preflight(client, &mas.homeserver).await?,
+    };
     Ok((schema, Some(facts)))
 }
 
 /// The plan, unless the Synapse schema is one the queries cannot run on (the schema checks
-/// report that).
-async fn plan_if_usable(client: &Client, mas: &MasConfig) -> Result<Option<Plan>> {
+/// report that) or there is no planner session (preflight scope).
+async fn plan_if_usable(client: Option<&Client>, mas: &MasConfig) -> Result<Option<Plan>> {
+    let Some(client) = client else {
+        return Ok(None);
+    };
     if !synapse_schema::inspect(client).await?.is_empty() {
         return Ok(None);
     }

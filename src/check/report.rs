@@ -176,6 +176,7 @@ pub struct ProviderMapping {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    pub scope: super::Scope,
     pub databases: Vec<DatabaseInfo>,
     pub findings: Vec<Finding>,
     pub plan: Option<Plan>,
@@ -222,6 +223,7 @@ impl Report {
             "warnings": warnings,
             "providers": self.providers,
             "plan": self.plan,
+            "scope": self.scope,
             "exit_code": self.exit_code(),
         })
     }
@@ -275,6 +277,14 @@ impl Report {
 
     fn render_plan(&self, out: &mut impl Write) -> io::Result<()> {
         let Some(plan) = &self.plan else {
+            if self.scope == super::Scope::Preflight {
+                writeln!(
+                    out,
+                    "\nPreflight checks only: the row-level checks of the other tables run as the \
+                     migration reads them (a bad row stops it before MAS sees anything); \
+                     `syn2mas check` or `migrate --full-check` runs them all first."
+                )?;
+            }
             return Ok(());
         };
         section_header(out, "Migration plan")?;
@@ -427,6 +437,7 @@ mod tests {
 
     fn sample() -> Report {
         Report {
+            scope: crate::check::Scope::Full,
             databases: vec![DatabaseInfo {
                 side: "mas".into(),
                 host: "db.example".into(),

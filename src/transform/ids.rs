@@ -57,18 +57,46 @@ impl Ids {
     }
 
     /// The ULID (as a `uuid`'s 128 bits) of `kind` for natural key `parts` at `time_ms`.
+    ///
+    /// The hashed input is `kind`, then each part as its u32 little-endian length and bytes.
+    /// It is assembled in a stack buffer and hashed with one `keyed_hash` call: natural keys
+    /// fit one 64-byte BLAKE3 block, and one call costs half of what incremental `update`s do
+    /// (hashing was ~15 % of syn2mas's CPU at 1M users).
     pub fn ulid(&self, kind: Kind, time_ms: i64, parts: &[&[u8]]) -> u128 {
+        let mut buf = [0u8; 192];
+        let hash = match encode_key(&mut buf, kind, parts) {
+            Some(len) => blake3::keyed_hash(&self.key, &buf[..len]),
+            None => self.hash_long(kind, parts),
+        };
+        let mut random = [0u8; 16];
+        random[6..].copy_from_slice(&hash.as_bytes()[..10]);
+        ((ulid_ms(time_ms) as u128) << 80) | u128::from_be_bytes(random)
+    }
+
+    /// The same hash for keys too long for the stack buffer (long device ids, localparts).
+    fn hash_long(&self, kind: Kind, parts: &[&[u8]]) -> blake3::Hash {
         let mut h = blake3::Hasher::new_keyed(&self.key);
         h.update(&[kind as u8]);
         for p in parts {
             h.update(&(p.len() as u32).to_le_bytes());
             h.update(p);
         }
-        let hash = h.finalize();
-        let mut random = [0u8; 16];
-        random[6..].copy_from_slice(&hash.as_bytes()[..10]);
-        ((ulid_ms(time_ms) as u128) << 80) | u128::from_be_bytes(random)
+        h.finalize()
     }
+}
+
+/// Writes the hashed input into `buf`; `None` when it does not fit.
+fn encode_key(buf: &mut [u8], kind: Kind, parts: &[&[u8]]) -> Option<usize> {
+    let mut len = 1;
+    *buf.first_mut()? = kind as u8;
+    for p in parts {
+        let end = len + 4 + p.len();
+        buf.get_mut(len..len + 4)?
+            .copy_from_slice(&(p.len() as u32).to_le_bytes());
+        buf.get_mut(len + 4..end)?.copy_from_slice(p);
+        len = end;
+    }
+    Some(len)
 }
 
 #[cfg(test)]
@@ -96,6 +124,30 @@ mod tests {
         );
         let u = ulid::Ulid(a);
         assert_eq!(u.timestamp_ms(), 1_600_000_000_000);
+    }
+
+    /// The one-call hash must equal the incremental one it replaced (ids of a `--seed` run
+    /// stay what they were), on both sides of the stack buffer's size.
+    #[test]
+    fn one_call_hash_equals_incremental_hash() {
+        let ids = Ids::from_seed(3);
+        let long = vec![b'x'; 300];
+        let cases: [&[&[u8]]; 4] = [
+            &[b"alice"],
+            &[b"bob", b"DEVICEID"],
+            &[&long[..180], b"d"],
+            &[&long, b"device"],
+        ];
+        for parts in cases {
+            let got = ids.ulid(Kind::Session, 1_000, parts);
+            let want = ids.hash_long(Kind::Session, parts);
+            let mut random = [0u8; 16];
+            random[6..].copy_from_slice(&want.as_bytes()[..10]);
+            assert_eq!(got & ((1u128 << 80) - 1), u128::from_be_bytes(random));
+        }
+        let mut buf = [0u8; 192];
+        assert_eq!(encode_key(&mut buf, Kind::User, &[b"ab"]), Some(7));
+        assert_eq!(encode_key(&mut buf, Kind::User, &[&long]), None);
     }
 
     #[test]
