@@ -1,7 +1,9 @@
 //! `syn2mas check`: every pre-cutover check, strictly read-only on both databases.
 //!
 //! Promise: if `check` passes, `migrate` will not fail on data or configuration. `migrate` runs
-//! the same checks first and refuses on errors (and on warnings without `--allow-warnings`).
+//! the preflight part first ([`Scope::Preflight`], everything with `--full-check`) and refuses
+//! on errors (and on warnings without `--allow-warnings`); the row-level checks it skips are
+//! enforced by its transform, which stops before MAS sees anything.
 //!
 //! Read-only by construction: each side runs in one `REPEATABLE READ READ ONLY` transaction
 //! (PostgreSQL itself rejects any write), with plain SELECTs that take only ACCESS SHARE locks,
