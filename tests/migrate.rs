@@ -899,3 +899,52 @@ async fn database_errors_lose_their_detail_line_which_can_hold_a_token() {
     assert!(safe.contains("could not create unique index"), "{safe}");
     assert!(!safe.contains("syt_SECRET"), "{safe}");
 }
+
+/// The rebuild schedule starts the costliest index builds first, and text keys cost several
+/// times uuid keys: the catalogue must say which indexes sort text, on the project fixture and
+/// on the genuine MAS schema alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalogue_tells_text_indexes_from_uuid_ones() {
+    for schema in schemas() {
+        let mas = TestDb::mas(schema).await;
+        let client = mas.client().await;
+        let defs = syn2mas::sink::catalog::read(&client).await.unwrap();
+        let index = |needle: &str| {
+            defs.indexes
+                .iter()
+                .find(|i| i.tail.contains(needle))
+                .unwrap_or_else(|| panic!("{schema:?}: no index with {needle}"))
+                .textual
+        };
+        assert!(index("(lower(username))"), "{schema:?}");
+        assert!(index("gin_trgm_ops"), "{schema:?}");
+        assert!(!index("(compat_session_id)"), "{schema:?}");
+        let pk = |table: &str| {
+            defs.constraints
+                .iter()
+                .find(|c| {
+                    c.target.name() == table
+                        && c.kind == syn2mas::sink::catalog::ConstraintKind::PrimaryKey
+                })
+                .unwrap_or_else(|| panic!("{schema:?}: no primary key on {table}"))
+                .index_textual
+        };
+        assert!(!pk("users"), "{schema:?}");
+        let token = defs
+            .constraints
+            .iter()
+            .find(|c| {
+                c.index_tail
+                    .as_deref()
+                    .is_some_and(|t| t.contains("(access_token)"))
+            })
+            .map(|c| c.index_textual)
+            .or_else(|| {
+                defs.indexes
+                    .iter()
+                    .find(|i| i.tail.contains("(access_token)"))
+                    .map(|i| i.textual)
+            });
+        assert_eq!(token, Some(true), "{schema:?}");
+    }
+}

@@ -16,6 +16,9 @@ pub struct IndexDef {
     pub unique: bool,
     /// Everything after `ON <table>`: ` USING btree (lower(username)) WHERE …`.
     pub tail: String,
+    /// A key column (or expression) is text-like: its sort compares strings, several times
+    /// the cost of uuids or timestamps, which the rebuild schedule weighs.
+    pub textual: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +40,17 @@ pub struct ConstraintDef {
     /// For primary keys and unique constraints: the backing index, to build it as an index
     /// first (that can run next to other index builds) and attach it afterwards.
     pub index_tail: Option<String>,
+    /// The backing index sorts text (see `IndexDef::textual`).
+    pub index_textual: bool,
     /// `DEFERRABLE …` clause to keep when attaching a unique index.
     pub deferral: String,
     /// Target tables this constraint references (foreign keys between target tables).
     pub references: Vec<Target>,
 }
+
+/// Whether index `i` has a key with a collation (text-like columns and expressions).
+const TEXTUAL: &str =
+    "EXISTS (SELECT 1 FROM unnest(i.indcollation::oid[]) AS coll WHERE coll <> 0)";
 
 /// All definitions of the eight tables.
 #[derive(Debug, Clone, Default)]
@@ -56,8 +65,8 @@ pub async fn read(client: &Client) -> anyhow::Result<Definitions> {
     let mut defs = Definitions::default();
     let rows = client
         .query(
-            "SELECT c.relname, quote_ident(ic.relname), i.indisunique, pg_get_indexdef(i.indexrelid),
-                    format('%I.%I', n.nspname, c.relname)
+            &format!("SELECT c.relname, quote_ident(ic.relname), i.indisunique, pg_get_indexdef(i.indexrelid),
+                    format('%I.%I', n.nspname, c.relname), {TEXTUAL}
                FROM pg_index i
                JOIN pg_class c ON c.oid = i.indrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -66,7 +75,7 @@ pub async fn read(client: &Client) -> anyhow::Result<Definitions> {
                 AND NOT EXISTS (SELECT 1 FROM pg_constraint k
                                  WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid
                                    AND k.contype IN ('p', 'u', 'x'))
-              ORDER BY c.relname, ic.relname",
+              ORDER BY c.relname, ic.relname"),
             &[&names],
         )
         .await
@@ -82,17 +91,19 @@ pub async fn read(client: &Client) -> anyhow::Result<Definitions> {
             name,
             unique: r.get(2),
             tail,
+            textual: r.get(5),
         });
     }
     let rows = client
         .query(
-            "SELECT c.relname, quote_ident(k.conname), k.contype::text, pg_get_constraintdef(k.oid),
+            &format!("SELECT c.relname, quote_ident(k.conname), k.contype::text, pg_get_constraintdef(k.oid),
                     CASE WHEN k.contype IN ('p', 'u') THEN pg_get_indexdef(k.conindid) END,
                     format('%I.%I', n.nspname, c.relname),
                     CASE WHEN k.contype IN ('p', 'u') THEN quote_ident(ic.relname) END,
                     k.condeferrable, k.condeferred,
                     CASE WHEN k.contype = 'f' THEN rc.relname END,
-                    CASE WHEN k.contype = 'f' THEN k.confrelid::regclass::text END
+                    CASE WHEN k.contype = 'f' THEN k.confrelid::regclass::text END,
+                    coalesce((SELECT {TEXTUAL} FROM pg_index i WHERE i.indexrelid = k.conindid), false)
                FROM pg_constraint k
                JOIN pg_class c ON c.oid = k.conrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -100,7 +111,7 @@ pub async fn read(client: &Client) -> anyhow::Result<Definitions> {
                LEFT JOIN pg_class rc ON rc.oid = k.confrelid AND rc.relnamespace = c.relnamespace
               WHERE n.nspname = current_schema() AND c.relname = ANY($1)
                 AND k.contype IN ('p', 'u', 'f', 'c', 'x')
-              ORDER BY c.relname, k.conname",
+              ORDER BY c.relname, k.conname"),
             &[&names],
         )
         .await
@@ -161,6 +172,7 @@ fn constraint(r: &tokio_postgres::Row) -> anyhow::Result<ConstraintDef> {
         name,
         definition,
         index_tail,
+        index_textual: r.get(11),
         deferral: deferral.to_owned(),
         references,
     })

@@ -58,7 +58,7 @@ pub fn schedule(defs: &Definitions, rows: &BTreeMap<Target, u64>) -> Schedule {
         for i in defs.indexes.iter().filter(|i| i.target == target) {
             let name = tmp('i');
             let unique = if i.unique { "UNIQUE " } else { "" };
-            let weight = if i.tail.contains("gin") { 4 } else { 1 };
+            let weight = sort_weight(i.tail.contains("USING gin"), i.textual);
             index_jobs.push(s.jobs.len());
             s.jobs.push(Job {
                 label: format!("index {}", i.name),
@@ -84,7 +84,7 @@ pub fn schedule(defs: &Definitions, rows: &BTreeMap<Target, u64>) -> Schedule {
                         target,
                         sql: vec![format!("CREATE UNIQUE INDEX {index} ON {shadow}{tail}")],
                         deps: vec![Dep::Loaded(target)],
-                        cost: size,
+                        cost: size * sort_weight(false, c.index_textual),
                     });
                     let kind = if c.kind == ConstraintKind::PrimaryKey {
                         "PRIMARY KEY"
@@ -120,6 +120,16 @@ pub fn schedule(defs: &Definitions, rows: &BTreeMap<Target, u64>) -> Schedule {
     }
     resolve_attach_deps(&mut s);
     s
+}
+
+/// Relative cost per row of building an index, so the longest jobs start first (measured at
+/// 1M users: ~1 µs per row for uuid and timestamp keys, ~5 for text, ~10 for a trigram GIN).
+fn sort_weight(gin: bool, textual: bool) -> u64 {
+    match (gin, textual) {
+        (true, _) => 10,
+        (false, true) => 5,
+        (false, false) => 1,
+    }
 }
 
 /// The table's foreign keys and ANALYZE. Dependencies on other tables' attach jobs are filled
