@@ -390,8 +390,17 @@ where
             );
         }
     });
+    client.batch_execute(NO_JIT).await?;
     Ok(client)
 }
+
+/// Every query syn2mas runs is one large scan, join or index build that runs once: LLVM's
+/// compile time (0.7 s for the devices/tokens read, before its first row) is never won back,
+/// and PostgreSQL's cost threshold switches it on exactly for those. A plain `SET` after
+/// connecting rather than a startup option, which connection poolers may refuse; skipped on
+/// servers without JIT.
+const NO_JIT: &str =
+    "SELECT set_config('jit', 'off', false) FROM pg_catalog.pg_settings WHERE name = 'jit'";
 
 /// A failure inside the TLS library (as opposed to refusal, I/O or authentication).
 fn is_tls_failure(error: &tokio_postgres::Error) -> bool {
