@@ -76,7 +76,7 @@ pub enum ColorChoice {
 pub enum Command {
     /// Check configuration and both databases without changing anything (safe while Synapse runs)
     Check,
-    /// Run every check, then migrate Synapse's accounts into MAS, all or nothing
+    /// Run the preflight checks, then migrate Synapse's accounts into MAS, all or nothing (bad rows stop it, exit 10)
     Migrate(MigrateArgs),
     /// Compare Synapse with the migrated MAS database row by row, read-only; exit 10 on any difference
     Verify,
