@@ -11,12 +11,34 @@
 --
 -- Skip reasons are decided by the client in the same order as devices.sql, access_tokens.sql
 -- and refresh_tokens.sql, which `check` aggregates for its plan.
-WITH sess AS (
+--
+-- Partitioned by user: a session with `syn2mas.parts` = n and `syn2mas.part` = k reads only
+-- the users whose hashtext(user_id) is k modulo n (every row of a device, its tokens and its
+-- owner share the user id, so each partition is self-contained); unset means everything.
+-- Refresh tokens are not filtered: a pair whose two halves name different users must still
+-- meet (inconsistent_pair), and there are few of them.
+WITH part AS (
+    SELECT coalesce(nullif(current_setting('syn2mas.parts', true), ''), '1')::int AS n,
+           coalesce(nullif(current_setting('syn2mas.part', true), ''), '0')::int AS k
+),
+d AS (
+    SELECT devices.* FROM devices, part
+     WHERE part.n = 1 OR (hashtext(user_id) & 2147483647) % part.n = part.k
+),
+a AS NOT MATERIALIZED (
+    SELECT access_tokens.* FROM access_tokens, part
+     WHERE part.n = 1 OR (hashtext(user_id) & 2147483647) % part.n = part.k
+),
+u AS (
+    SELECT users.* FROM users, part
+     WHERE part.n = 1 OR (hashtext(name) & 2147483647) % part.n = part.k
+),
+sess AS (
     SELECT user_id, device_id,
            coalesce(min(last_validated) FILTER (WHERE refresh_token_id IS NULL AND puppets_user_id IS NULL),
                     min(last_validated) FILTER (WHERE puppets_user_id IS NULL)) AS session_ms,
            min(id) AS first_token
-      FROM access_tokens
+      FROM a
      WHERE device_id IS NOT NULL
      GROUP BY user_id, device_id
 )
@@ -55,9 +77,9 @@ SELECT coalesce(d.user_id, a.user_id)                             AS user_id,   
                           WHERE nx.refresh_token_id = r.next_token_id AND nx.used)
                                                   THEN 'superseded'
        END                                                        AS pair_skip        -- 20
-  FROM devices d
-  FULL JOIN access_tokens a ON a.user_id = d.user_id AND a.device_id = d.device_id
+  FROM d
+  FULL JOIN a ON a.user_id = d.user_id AND a.device_id = d.device_id
   LEFT JOIN sess s ON s.user_id = coalesce(d.user_id, a.user_id)
                   AND s.device_id = coalesce(d.device_id, a.device_id)
   LEFT JOIN refresh_tokens r ON r.id = a.refresh_token_id
-  LEFT JOIN users u ON u.name = coalesce(d.user_id, a.user_id)
+  LEFT JOIN u ON u.name = coalesce(d.user_id, a.user_id)
