@@ -978,21 +978,21 @@ async fn a_partitioned_read_writes_exactly_the_same_rows() {
             );
             let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(
-                got["migrate"]["entities"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| (&e["entity"], &e["read"], &e["migrated"], &e["skipped"]))
-                    .collect::<Vec<_>>(),
-                want["migrate"]["entities"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| (&e["entity"], &e["read"], &e["migrated"], &e["skipped"]))
-                    .collect::<Vec<_>>(),
+                entity_counts(&got),
+                entity_counts(&want),
                 "{schema:?}, {parts} partitions: counts"
             );
             assert_eq!(env.dump().await, expected, "{schema:?}, {parts} partitions");
         }
     }
+}
+
+/// (entity, read, migrated, skipped by reason) of each entity of a `migrate --json` document.
+fn entity_counts(doc: &serde_json::Value) -> Vec<[&serde_json::Value; 4]> {
+    doc["migrate"]["entities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| [&e["entity"], &e["read"], &e["migrated"], &e["skipped"]])
+        .collect()
 }
