@@ -29,9 +29,16 @@ impl ChildRun {
         }
     }
 
-    /// The last `lines` lines of stderr.
+    /// The last `lines` lines of stderr before any backtrace (with `RUST_BACKTRACE=1` an
+    /// error's backtrace would otherwise fill the tail and hide the message).
     pub fn stderr_tail(&self, lines: usize) -> String {
-        let all: Vec<&str> = self.stderr.lines().collect();
+        let all: Vec<&str> = self
+            .stderr
+            .lines()
+            .take_while(|l| {
+                !l.starts_with("Stack backtrace:") && !l.starts_with("stack backtrace:")
+            })
+            .collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 }
