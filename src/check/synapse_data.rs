@@ -147,8 +147,8 @@ pub async fn inspect(client: &Client, server_name: &str) -> Result<SynapseFacts>
 }
 
 /// The checks `migrate` runs before it starts (unless `--full-check`): one pass over `users`,
-/// the provider counts, the non-email count and the duplicate-token scans, about a tenth of
-/// [`inspect`]'s cost. The per-row conditions the dependent passes count (server names,
+/// the provider counts, the non-email count, a join-free server-name scan of each dependent
+/// table and the duplicate-token scans, about a tenth of [`inspect`]'s cost. The per-row conditions the dependent passes count (server names,
 /// orphans, NULLs, timestamps) are enforced again by the migration's own transform, which
 /// stops the run at the first such row before MAS sees anything; skipped rows (hidden-device
 /// tokens, appservice rows) are counted by reason in its summary.
@@ -158,8 +158,37 @@ pub async fn preflight(client: &Client, server_name: &str) -> Result<SynapseFact
         providers: provider_counts(client).await?,
     };
     facts.findings.extend(non_email_count(client).await?);
+    for dep in DEPENDENTS {
+        facts
+            .findings
+            .extend(wrong_server_rows(client, dep, server_name).await?);
+    }
     facts.findings.extend(duplicate_tokens(client).await?);
     Ok(facts)
+}
+
+/// E-server-name for a dependent table: a scan without joins. `check` reports every such row,
+/// including rows `migrate` would skip for another reason before it looks at the user id
+/// (a hidden device, a deactivated owner), so the transform alone would let those through.
+async fn wrong_server_rows(
+    client: &Client,
+    dep: &Dependent,
+    server_name: &str,
+) -> Result<Vec<Finding>> {
+    let sql = format!(
+        "SELECT count(*) FILTER (WHERE NOT {}) FROM {} t",
+        on_server("t.user_id"),
+        dep.table
+    );
+    let counts = TableCounts {
+        wrong_server: count(&query(client, &sql, server_name).await?[0], 0),
+        extras: vec![0; dep.extras.len()],
+        ..TableCounts::default()
+    };
+    if counts.wrong_server == 0 {
+        return Ok(Vec::new());
+    }
+    dependent_findings(client, dep, &counts, server_name).await
 }
 
 /// Rows of `user_external_ids` per `auth_provider`, ordered by name.

@@ -474,6 +474,25 @@ fn device_hidden(s: &SessionRow<'_>) -> bool {
     s.device_id.is_some() && s.device_skip.is_some()
 }
 
+/// The token's times must fit a `timestamptz` whenever its owner is migrated and it is not a
+/// puppet token, even if the token is then skipped for its device or refresh chain: the
+/// condition `check` reports as E-timestamp-range, so that `migrate` refuses exactly what
+/// `check` does when it runs only the preflight checks.
+fn check_token_times(f: &Fields<'_, '_>, s: &SessionRow<'_>) -> Result<(), RowError> {
+    if s.owner_skip.is_some() || f.opt_bool(col::PUPPET, "puppets_user_id")? == Some(true) {
+        return Ok(());
+    }
+    for (i, name) in [
+        (col::LAST_VALIDATED, "access_tokens.last_validated"),
+        (col::VALID_UNTIL, "access_tokens.valid_until_ms"),
+    ] {
+        if let Some(ms) = f.opt_int8(i, name)? {
+            f.micros(ms, name)?;
+        }
+    }
+    Ok(())
+}
+
 /// An access token without a refresh token, in the order of access_tokens.sql.
 fn access_token(
     ctx: &Ctx,
@@ -481,6 +500,7 @@ fn access_token(
     s: &SessionRow<'_>,
     batch: &mut Batch,
 ) -> Result<(), RowError> {
+    check_token_times(f, s)?;
     let skip = if f.opt_bool(col::PUPPET, "puppets_user_id")? == Some(true) {
         Some("puppet")
     } else if device_gone(s) {
@@ -553,6 +573,7 @@ fn refresh_pair(
     s: &SessionRow<'_>,
     batch: &mut Batch,
 ) -> Result<(), RowError> {
+    check_token_times(f, s)?;
     let pair_skip = f
         .opt_text(col::PAIR_SKIP, "pair_skip")?
         .map(|r| reason(f.table, s.user_id, r))
