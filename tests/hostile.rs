@@ -26,16 +26,7 @@ const NOW_MS: &str = "1767225600000";
 /// `mas-cli syn2mas`'s advisory lock key, which syn2mas takes too.
 const UPSTREAM_LOCK: i64 = 6_584_285_998_412_104_315;
 
-const TARGETS: [&str; 8] = [
-    "users",
-    "user_passwords",
-    "user_emails",
-    "user_unsupported_third_party_ids",
-    "upstream_oauth_links",
-    "compat_sessions",
-    "compat_access_tokens",
-    "compat_refresh_tokens",
-];
+const TARGETS: [&str; 8] = syn2mas::sink::tables::NAMES;
 
 /// The outcome of one run of the binary.
 #[derive(Debug)]

@@ -14,16 +14,7 @@ use common::{GOOGLE_PROVIDER_UUID, Schema, TestDb, schemas, syn2mas_bin, write_c
 /// A fixed "now" for runs whose results are compared (2026-01-01T00:00:00Z).
 const NOW_MS: i64 = 1_767_225_600_000;
 
-const TARGETS: [&str; 8] = [
-    "users",
-    "user_passwords",
-    "user_emails",
-    "user_unsupported_third_party_ids",
-    "upstream_oauth_links",
-    "compat_sessions",
-    "compat_access_tokens",
-    "compat_refresh_tokens",
-];
+const TARGETS: [&str; 8] = syn2mas::sink::tables::NAMES;
 
 struct Env {
     _dir: tempfile::TempDir,

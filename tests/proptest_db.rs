@@ -27,16 +27,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 /// The MAS `matrix.homeserver` of the fixture configs.
 const SERVER: &str = "example.com";
 
-const TARGETS: [&str; 8] = [
-    "users",
-    "user_passwords",
-    "user_emails",
-    "user_unsupported_third_party_ids",
-    "upstream_oauth_links",
-    "compat_sessions",
-    "compat_access_tokens",
-    "compat_refresh_tokens",
-];
+const TARGETS: [&str; 8] = syn2mas::sink::tables::NAMES;
 
 // ------------------------------------------------------------------------------------------------
 // What is generated

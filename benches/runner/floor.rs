@@ -10,16 +10,7 @@ use std::time::Instant;
 use tokio_postgres::Client;
 
 /// The tables syn2mas writes, in dependency order.
-pub const MAS_TABLES: [&str; 8] = [
-    "users",
-    "user_passwords",
-    "user_emails",
-    "user_unsupported_third_party_ids",
-    "upstream_oauth_links",
-    "compat_sessions",
-    "compat_access_tokens",
-    "compat_refresh_tokens",
-];
+pub const MAS_TABLES: [&str; 8] = syn2mas::sink::tables::NAMES;
 
 #[derive(Debug, Clone, Default)]
 pub struct Floor {

@@ -14,16 +14,7 @@ use tokio_postgres::Client;
 pub const KNOWN_MAS_SCHEMA: i64 = 20260720134722;
 
 /// The tables `migrate` fills, which must be empty.
-pub const TARGET_TABLES: &[&str] = &[
-    "users",
-    "user_passwords",
-    "user_emails",
-    "user_unsupported_third_party_ids",
-    "upstream_oauth_links",
-    "compat_sessions",
-    "compat_access_tokens",
-    "compat_refresh_tokens",
-];
+pub const TARGET_TABLES: &[&str] = &crate::sink::tables::NAMES;
 
 /// Prefix of this tool's shadow tables (`syn2mas_new_<table>`).
 pub const SHADOW_PREFIX: &str = "syn2mas_new_";

@@ -9,6 +9,19 @@ pub const COMPAT_SESSIONS: &str = "compat_sessions";
 pub const COMPAT_ACCESS_TOKENS: &str = "compat_access_tokens";
 pub const COMPAT_REFRESH_TOKENS: &str = "compat_refresh_tokens";
 
+/// The eight names in `Target::ALL` order (dependency order: referenced tables first), for
+/// code that needs plain names (checks, tests, the benchmark floor).
+pub const NAMES: [&str; 8] = [
+    USERS,
+    USER_PASSWORDS,
+    USER_EMAILS,
+    USER_UNSUPPORTED_THIRD_PARTY_IDS,
+    UPSTREAM_OAUTH_LINKS,
+    COMPAT_SESSIONS,
+    COMPAT_ACCESS_TOKENS,
+    COMPAT_REFRESH_TOKENS,
+];
+
 /// A target table, used as an index into per-table arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
