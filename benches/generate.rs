@@ -34,12 +34,8 @@ struct Args {
     /// Schema: the genuine dumps (`anchor`) or the project's fixtures (`project`)
     #[arg(long, default_value = "anchor")]
     schema: SchemaChoice,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long, default_value_t = 5432)]
-    port: u16,
-    #[arg(long, default_value = "postgres")]
-    user: String,
+    #[command(flatten)]
+    server: PgServer,
     /// Sessions building indexes in parallel
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -54,11 +50,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let server = PgServer {
-        host: args.host.clone(),
-        port: args.port,
-        user: args.user.clone(),
-    };
+    let server = args.server.clone();
     let opts = GenerateOptions {
         server: server.clone(),
         db: args.db.clone(),

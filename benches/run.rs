@@ -50,12 +50,8 @@ struct Args {
     /// Schema: the genuine dumps (`anchor`) or the project's fixtures (`project`)
     #[arg(long, default_value = "anchor")]
     schema: SchemaChoice,
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    #[arg(long, default_value_t = 5432)]
-    port: u16,
-    #[arg(long, default_value = "postgres")]
-    user: String,
+    #[command(flatten)]
+    server: PgServer,
     /// Parallel sessions for index builds (generator) and floor COPY
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -93,11 +89,7 @@ fn main() -> Result<()> {
             bin.display()
         );
     }
-    let server = PgServer {
-        host: args.host.clone(),
-        port: args.port,
-        user: args.user.clone(),
-    };
+    let server = args.server.clone();
     let (hs_config, mas_config) = support::mas::write_configs(&server, &args.db, &args.mas_db)?;
     let bench = Bench {
         rt: tokio::runtime::Builder::new_multi_thread()
@@ -133,11 +125,7 @@ fn main() -> Result<()> {
 /// The child side of the generate phase.
 fn generate_child(args: &Args, users: u32) -> Result<()> {
     let opts = GenerateOptions {
-        server: PgServer {
-            host: args.host.clone(),
-            port: args.port,
-            user: args.user.clone(),
-        },
+        server: args.server.clone(),
         db: args.db.clone(),
         users,
         seed: args.seed,
@@ -237,11 +225,11 @@ impl Bench {
             "--schema".into(),
             format!("{:?}", self.args.schema).to_ascii_lowercase(),
             "--host".into(),
-            self.args.host.clone(),
+            self.args.server.host.clone(),
             "--port".into(),
-            self.args.port.to_string(),
+            self.args.server.port.to_string(),
             "--user".into(),
-            self.args.user.clone(),
+            self.args.server.user.clone(),
             "--jobs".into(),
             self.args.jobs.to_string(),
         ]

@@ -8,10 +8,14 @@ use std::collections::HashSet;
 use tokio_postgres::{Client, NoTls};
 
 /// Where the benchmark databases live (trust or `.pgpass` auth; no password is handled here).
-#[derive(Clone, Debug)]
+/// Also the `--host/--port/--user` flags of both bench targets.
+#[derive(Clone, Debug, clap::Args)]
 pub struct PgServer {
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    #[arg(long, default_value_t = 5432)]
     pub port: u16,
+    #[arg(long, default_value = "postgres")]
     pub user: String,
 }
 
