@@ -51,6 +51,26 @@ const HIDDEN_DEVICE_TOKEN: &str = "(t.puppets_user_id IS NULL AND d.user_id IS N
      AND (d.hidden IS NOT FALSE OR d.device_id = 'guest_device') \
      AND u.deactivated = 0 AND u.is_guest = 0 AND u.appservice_id IS NULL)";
 
+/// Access tokens `migrate` skips before it looks at their owner: puppets, tokens of deleted
+/// devices, and halves of refresh pairs skipped as inconsistent or superseded (the order of
+/// sql/access_tokens.sql and sql/refresh_tokens.sql). The subqueries only run for the rare
+/// rows that reach them (an orphan on our server).
+const TOKEN_PRE_SKIP: &str = "t.puppets_user_id IS NOT NULL \
+     OR (t.device_id IS NOT NULL AND d.user_id IS NULL) \
+     OR EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.id = t.refresh_token_id \
+                AND (r.user_id <> t.user_id OR r.device_id IS DISTINCT FROM t.device_id \
+                     OR EXISTS (SELECT 1 FROM access_tokens nx \
+                                 WHERE nx.refresh_token_id = r.next_token_id AND nx.used)))";
+
+/// Refresh tokens `migrate` skips before it looks at their owner: no access token, a pair
+/// naming two users or devices, a deleted device, a superseded pair (sql/refresh_tokens.sql).
+const REFRESH_PRE_SKIP: &str = "NOT EXISTS (SELECT 1 FROM access_tokens x WHERE x.refresh_token_id = t.id) \
+     OR EXISTS (SELECT 1 FROM access_tokens x WHERE x.refresh_token_id = t.id \
+                AND (x.user_id <> t.user_id OR x.device_id IS DISTINCT FROM t.device_id)) \
+     OR d.user_id IS NULL \
+     OR EXISTS (SELECT 1 FROM access_tokens nx \
+                 WHERE nx.refresh_token_id = t.next_token_id AND nx.used)";
+
 const NON_EMAIL: Extra = Extra {
     cond: "t.medium <> 'email'",
     example: "t.user_id || ' (' || t.medium || ')'",
@@ -96,7 +116,7 @@ const DEPENDENTS: &[Dependent] = &[
     Dependent {
         table: "access_tokens",
         join: JOIN_DEVICES,
-        pre_skip: "t.puppets_user_id IS NOT NULL OR (t.device_id IS NOT NULL AND d.user_id IS NULL)",
+        pre_skip: TOKEN_PRE_SKIP,
         extras: &[
             Extra {
                 cond: HIDDEN_DEVICE_TOKEN,
@@ -117,7 +137,7 @@ const DEPENDENTS: &[Dependent] = &[
     Dependent {
         table: "refresh_tokens",
         join: JOIN_DEVICES,
-        pre_skip: "d.user_id IS NULL",
+        pre_skip: REFRESH_PRE_SKIP,
         extras: &[],
         group_by: None,
     },
