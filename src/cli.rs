@@ -107,11 +107,6 @@ pub struct MigrateArgs {
     /// Number of PostgreSQL sessions building indexes and constraints on MAS in parallel
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub rebuild_sessions: usize,
-
-    /// Number of Synapse sessions splitting the devices/tokens read by user; more than 1 only
-    /// helps a database server with idle cores (each session scans every table)
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub read_partitions: u16,
 }
 
 /// By hand, so that the database URIs, which may hold a password, show as `[redacted]`.

@@ -111,7 +111,6 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             full_check: true,
             seed: None,
             rebuild_sessions: 2,
-            read_partitions: 1,
         });
     }
     let g = &cli.global;
@@ -202,7 +201,6 @@ async fn migrate_after_check(
         dry_run: args.dry_run,
         seed: args.seed,
         rebuild_sessions: args.rebuild_sessions,
-        read_partitions: usize::from(args.read_partitions),
         ignore_missing_auth_providers: g.ignore_missing_auth_providers,
     };
     let sessions = Sessions::default();

@@ -23,7 +23,7 @@ use crate::progress::Progress;
 use crate::sink::tables::Target;
 use crate::sink::{catalog, rebuild, shadow, writer};
 use crate::source::snapshot::{self, LockMode};
-use crate::source::{self, Entity, Query, reader};
+use crate::source::{self, Entity, Query, SessionRead, reader, spill};
 use crate::transform::{self, Ctx, EntityCounts, Ids, Stats};
 
 /// Advisory lock key of upstream `mas-cli syn2mas` (HKDF of `syn2mas-maswriter`, reference
@@ -38,6 +38,9 @@ pub const PAUSE_ENV: &str = "SYN2MAS_TEST_PAUSE";
 pub const PAUSE_SECS_ENV: &str = "SYN2MAS_TEST_PAUSE_SECS";
 /// Fixes the migration's "now" (Unix ms) so two test runs produce identical rows.
 pub const NOW_ENV: &str = "SYN2MAS_TEST_NOW_MS";
+/// Forces the number of partitions of the devices/tokens join (a power of two), so tests can
+/// split a small fixture as a large database would be split. Never changes what is written.
+pub const PARTITIONS_ENV: &str = "SYN2MAS_TEST_PARTITIONS";
 
 async fn pause_point(point: &str) {
     if std::env::var(PAUSE_ENV).is_ok_and(|p| p == point) {
@@ -62,11 +65,6 @@ pub struct MigrateOptions {
     pub dry_run: bool,
     pub seed: Option<u64>,
     pub rebuild_sessions: usize,
-    /// Synapse sessions splitting the devices/tokens read by user (`--read-partitions`).
-    /// Each scans every table but joins only its share: ~15 % more work in all, in parallel.
-    /// On 2 cores that is slower (1M users: 63 s with 2 instead of 44–51 s with 1); a
-    /// database server with cores to spare shortens the run's critical path with it.
-    pub read_partitions: usize,
     pub ignore_missing_auth_providers: bool,
 }
 
@@ -148,7 +146,7 @@ pub async fn run(
     tracing::debug!(elapsed = ?started.elapsed(), "MAS checked and locked");
     let defs = catalog::read(&main).await?;
 
-    let synapse = open_readers(synapse_db, opts.read_partitions).await?;
+    let synapse = open_readers(synapse_db).await?;
     let lock = if opts.dry_run {
         LockMode::AccessShare
     } else {
@@ -195,15 +193,7 @@ pub async fn run(
     let (senders, writers) = spawn_writers(mas_db, &runner, sessions).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "MAS sessions open");
 
-    let load = load(
-        &synapse,
-        &ctx,
-        plan,
-        progress,
-        senders,
-        opts.read_partitions,
-    )
-    .await;
+    let load = load(&synapse, &ctx, plan, progress, senders).await;
     let load_seconds = started.elapsed().as_secs_f64();
     drop(synapse);
     let (stats, stage_seconds) = match load {
@@ -413,93 +403,72 @@ async fn spawn_writers(
 /// the stage ends, so their rebuild can start while other stages load).
 type Stage = (Query, &'static [Target]);
 
-/// A Synapse session's share of the load: its stages in order, and which partition of the
-/// devices/tokens read it takes.
-struct Lane {
-    stages: Vec<Stage>,
-    part: Option<usize>,
-}
-
 const SESSION_TARGETS: &[Target] = &[
     Target::CompatSessions,
     Target::CompatAccessTokens,
     Target::CompatRefreshTokens,
 ];
 
-/// The lanes, one per Synapse session, all reading the same snapshot: one per partition of
-/// the devices/tokens read (the critical path: one query whose hash joins take seconds before
-/// the first row, whose tables carry most of the indexes), and one reading users first (their trigram index is the longest
-/// single rebuild job), then threepids and external ids, whose index builds fill the time the
-/// rebuild sessions would otherwise wait for the devices/tokens load.
-fn lanes(parts: usize) -> Vec<Lane> {
-    let mut lanes: Vec<Lane> = (0..parts.max(1))
-        .map(|k| Lane {
-            stages: vec![(Query::Sessions, SESSION_TARGETS)],
-            part: Some(k),
-        })
-        .collect();
-    lanes.push(Lane {
-        stages: vec![
-            (Query::Users, &[Target::Users, Target::UserPasswords]),
-            (
-                Query::Threepids,
-                &[Target::UserEmails, Target::UserUnsupportedThirdPartyIds],
-            ),
-            (Query::ExternalIds, &[Target::UpstreamOauthLinks]),
-        ],
-        part: None,
-    });
-    lanes
+/// The accounts lane: users first (their trigram index is the longest single rebuild job),
+/// then threepids and external ids, whose index builds fill the time the rebuild sessions
+/// would otherwise wait for the devices/tokens stage.
+const ACCOUNT_STAGES: [Stage; 3] = [
+    (Query::Users, &[Target::Users, Target::UserPasswords]),
+    (
+        Query::Threepids,
+        &[Target::UserEmails, Target::UserUnsupportedThirdPartyIds],
+    ),
+    (Query::ExternalIds, &[Target::UpstreamOauthLinks]),
+];
+
+/// Synapse sessions on the one snapshot: one per devices/tokens read (they stream at the same
+/// time), then the accounts lane's.
+const READERS: usize = SessionRead::ALL.len() + 1;
+
+async fn open_readers(synapse_db: &ConnectOptions) -> anyhow::Result<Vec<Client>> {
+    Ok(futures::future::try_join_all((0..READERS).map(|_| synapse_db.connect("Synapse"))).await?)
 }
 
-/// One Synapse session per lane.
-async fn open_readers(synapse_db: &ConnectOptions, parts: usize) -> anyhow::Result<Vec<Client>> {
-    let opening = lanes(parts)
-        .iter()
-        .map(|_| synapse_db.connect("Synapse"))
-        .collect::<Vec<_>>();
-    let mut clients = Vec::new();
-    for c in futures::future::join_all(opening).await {
-        clients.push(c?);
-    }
-    Ok(clients)
-}
-
-/// Runs every lane at once; on the first error the other lanes are dropped (their reads stop
-/// with them) and the error returned. A writer ends when every lane writing its table has
-/// closed its sender.
+/// Runs the devices/tokens stage and the accounts lane at once; on the first error the other
+/// is dropped (its reads stop with it) and the error returned. A writer ends when every stage
+/// writing its table has closed its sender.
 async fn load(
     synapse: &[Client],
     ctx: &Arc<Ctx>,
     plan: &Plan,
     progress: &Progress,
     senders: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
-    parts: usize,
 ) -> anyhow::Result<(Stats, BTreeMap<Entity, f64>)> {
-    let lanes = lanes(parts);
-    let runs = lanes.iter().zip(synapse).map(|(lane, client)| {
-        let mine: BTreeMap<_, _> = lane
-            .stages
-            .iter()
-            .flat_map(|(_, targets)| targets.iter())
+    let (accounts, readers) = synapse
+        .split_last()
+        .context("no Synapse session for the accounts lane")?;
+    let pick = |targets: &mut dyn Iterator<Item = &Target>| -> BTreeMap<_, _> {
+        targets
             .filter_map(|t| senders.get(t).map(|tx| (*t, tx.clone())))
-            .collect();
-        run_lane(client, ctx, plan, progress, lane, parts, mine)
-    });
-    let runs: Vec<_> = runs.collect();
-    // Only the lanes hold senders now, so each writer closes as soon as its last lane is done.
+            .collect()
+    };
+    let sessions = sessions_stage(
+        readers,
+        ctx,
+        plan,
+        progress,
+        pick(&mut SESSION_TARGETS.iter()),
+    );
+    let lane = run_lane(
+        accounts,
+        ctx,
+        plan,
+        progress,
+        pick(&mut ACCOUNT_STAGES.iter().flat_map(|(_, t)| t.iter())),
+    );
+    // Only the stages hold senders now, so each writer closes as soon as its stage is done.
     drop(senders);
-    let results = futures::future::try_join_all(runs).await?;
-    let mut stats = Stats::default();
-    let mut seconds = BTreeMap::new();
-    for (s, sec) in results {
-        stats.merge(&s);
-        for (e, t) in sec {
-            let slot = seconds.entry(e).or_insert(0.0_f64);
-            *slot = slot.max(t);
-        }
-    }
-    count_refresh_without_access_token(&synapse[0], &mut stats).await?;
+    let ((s1, sec1), (s2, sec2)) = tokio::try_join!(sessions, lane)?;
+    let mut stats = s1;
+    stats.merge(&s2);
+    let mut seconds = sec1;
+    seconds.extend(sec2);
+    count_refresh_without_access_token(&readers[0], &mut stats).await?;
     for client in synapse {
         client
             .batch_execute("COMMIT")
@@ -509,37 +478,19 @@ async fn load(
     Ok((stats, seconds))
 }
 
-/// The stages of one lane in order on one Synapse session; seconds are per stage.
+/// The accounts lane's stages in order on one Synapse session; seconds are per stage.
 async fn run_lane(
     synapse: &Client,
     ctx: &Arc<Ctx>,
     plan: &Plan,
     progress: &Progress,
-    lane: &Lane,
-    parts: usize,
     mut senders: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
 ) -> anyhow::Result<(Stats, BTreeMap<Entity, f64>)> {
-    if let (Some(k), true) = (lane.part, parts > 1) {
-        synapse
-            .execute(
-                "SELECT set_config('syn2mas.parts', $1, true), set_config('syn2mas.part', $2, true)",
-                &[&parts.to_string(), &k.to_string()],
-            )
-            .await
-            .context("choosing a partition of the devices/tokens read")?;
-    }
     let mut stats = Stats::default();
     let mut seconds = BTreeMap::new();
-    for &(query, closes) in &lane.stages {
+    for (query, closes) in ACCOUNT_STAGES {
         let start = Instant::now();
-        let (name, rows) = match lane.part {
-            Some(k) if parts > 1 => (
-                format!("{} {}/{parts}", query.name(), k + 1),
-                stage_rows(plan, query) / parts as u64,
-            ),
-            _ => (query.name().to_owned(), stage_rows(plan, query)),
-        };
-        let bar = progress.bar(&name, rows, "rows");
+        let bar = progress.bar(query.name(), stage_rows(plan, query), "rows");
         let s = run_stage(synapse, ctx, query, &senders, &bar).await?;
         bar.set_length(bar.position());
         bar.finish();
@@ -555,6 +506,107 @@ async fn run_lane(
         }
     }
     Ok((stats, seconds))
+}
+
+/// Devices, access tokens and refresh tokens: the three unjoined reads stream at once on their
+/// sessions into partition files, then the partitions are joined and mapped on the transform
+/// workers (`transform::sessions`) and written. The Synapse side is three plain scans; memory
+/// is a few partitions, whatever the number of users.
+async fn sessions_stage(
+    readers: &[Client],
+    ctx: &Arc<Ctx>,
+    plan: &Plan,
+    progress: &Progress,
+    senders: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
+) -> anyhow::Result<(Stats, BTreeMap<Entity, f64>)> {
+    let start = Instant::now();
+    let rows = stage_rows(plan, Query::Sessions) + stage_rows(plan, Query::Users);
+    let parts = std::env::var(PARTITIONS_ENV)
+        .ok()
+        .and_then(|p| p.parse::<usize>().ok())
+        .filter(|p| p.is_power_of_two())
+        .unwrap_or_else(|| spill::partitions_for(rows));
+    let read_bar = progress.bar("devices and tokens: read", rows, "rows");
+    let files = futures::future::try_join_all(
+        SessionRead::ALL
+            .into_iter()
+            .zip(readers)
+            .map(|(read, client)| spill_read(client, read, parts, &read_bar)),
+    )
+    .await?;
+    read_bar.set_length(read_bar.position());
+    read_bar.finish();
+    let mut streams: Vec<_> = files.into_iter().map(Vec::into_iter).collect();
+    let partitions: Vec<[std::fs::File; 3]> = (0..parts)
+        .filter_map(|_| Some([streams[0].next()?, streams[1].next()?, streams[2].next()?]))
+        .collect();
+    let bar = progress.bar(Query::Sessions.name(), parts as u64, "partitions");
+    let stats = run_partitions(ctx, partitions, &senders, &bar).await?;
+    bar.finish();
+    let secs = start.elapsed().as_secs_f64();
+    let seconds = Query::Sessions
+        .entities()
+        .iter()
+        .map(|e| (*e, secs))
+        .collect();
+    Ok((stats, seconds))
+}
+
+/// Streams one unjoined read into `parts` partition files (written off the I/O thread).
+async fn spill_read(
+    client: &Client,
+    read: SessionRead,
+    parts: usize,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Vec<std::fs::File>> {
+    let (tx, mut rx) = mpsc::channel::<reader::Chunk>(2);
+    let bar = bar.clone();
+    let spilling = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<std::fs::File>> {
+        let mut spill = spill::Spill::new(parts, read.fields())?;
+        while let Some(chunk) = rx.blocking_recv() {
+            bar.inc(spill.add(&chunk.bytes)?);
+        }
+        Ok(spill.finish()?)
+    });
+    let streamed = reader::stream(client, read.sql(), read.fields(), read.name(), tx).await;
+    // A failed spill drops its receiver, which ends the stream early without an error: the
+    // spill's own error is the cause.
+    let files = spilling.await.context("spilling devices and tokens")??;
+    streamed?;
+    Ok(files)
+}
+
+/// Joins and maps each partition on a transform worker, a few at a time, and forwards the
+/// results in order.
+async fn run_partitions(
+    ctx: &Arc<Ctx>,
+    partitions: Vec<[std::fs::File; 3]>,
+    senders: &BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Stats> {
+    let (job_tx, job_rx) = mpsc::channel::<Job>(IN_FLIGHT);
+    let ctx = ctx.clone();
+    let dispatch = async move {
+        for files in partitions {
+            let (tx, rx) = oneshot::channel();
+            let ctx = ctx.clone();
+            rayon::spawn(move || {
+                let _ = tx.send(join_partition(&ctx, files));
+            });
+            if job_tx.send((1, rx)).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    let ((), stats) = tokio::try_join!(dispatch, forward(job_rx, senders, bar))?;
+    Ok(stats)
+}
+
+fn join_partition(ctx: &Ctx, files: [std::fs::File; 3]) -> anyhow::Result<transform::Batch> {
+    let [o, d, t] = files.map(spill::read_all);
+    let (o, d, t) = (o?, d?, t?);
+    transform::sessions::process_partition(ctx, [&o, &d, &t])
 }
 
 /// Refresh tokens no access token points at are read (counted) and skipped, never streamed.
@@ -587,8 +639,12 @@ fn stage_rows(plan: &Plan, query: Query) -> u64 {
     query.entities().iter().map(read).sum()
 }
 
-/// One stage: the reader streams chunks, rayon workers map them, the results go to the writers
-/// in order. Bounded channels everywhere keep memory flat whatever the table size.
+/// A transform job in flight: rows it stands for (progress) and where its batch will arrive.
+type Job = (usize, oneshot::Receiver<anyhow::Result<transform::Batch>>);
+
+/// One single-query stage: the reader streams chunks, rayon workers map them, the results go
+/// to the writers in order. Bounded channels everywhere keep memory flat whatever the table
+/// size.
 async fn run_stage(
     synapse: &Client,
     ctx: &Arc<Ctx>,
@@ -596,10 +652,12 @@ async fn run_stage(
     senders: &BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Stats> {
+    let (sql, fields) = query
+        .read()
+        .with_context(|| format!("`{}` has no single read", query.name()))?;
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<reader::Chunk>(2);
-    let (job_tx, mut job_rx) =
-        mpsc::channel::<(usize, oneshot::Receiver<anyhow::Result<transform::Batch>>)>(IN_FLIGHT);
-    let read = reader::stream(synapse, query, chunk_tx);
+    let (job_tx, job_rx) = mpsc::channel::<Job>(IN_FLIGHT);
+    let read = reader::stream(synapse, sql, fields, query.name(), chunk_tx);
     let ctx = ctx.clone();
     let dispatch = async move {
         while let Some(chunk) = chunk_rx.recv().await {
@@ -615,31 +673,37 @@ async fn run_stage(
         }
         Ok::<(), anyhow::Error>(())
     };
-    let collect = async {
-        let mut stats = Stats::default();
-        while let Some((rows, rx)) = job_rx.recv().await {
-            let batch = rx.await.context("transform worker panicked")??;
-            for (target, enc) in batch.out {
-                if enc.is_empty() {
-                    continue;
-                }
-                let tx = senders
-                    .get(&target)
-                    .with_context(|| format!("no open writer for `{}`", target.name()))?;
-                tx.send(enc.into_bytes()).await.map_err(|_| {
-                    anyhow::anyhow!("the MAS writer for `{}` stopped", target.name())
-                })?;
+    let (_, (), stats) = tokio::try_join!(read, dispatch, forward(job_rx, senders, bar))?;
+    Ok(stats)
+}
+
+/// Sends each job's encoded bodies to their writers, in job order, and sums the counts.
+async fn forward(
+    mut jobs: mpsc::Receiver<Job>,
+    senders: &BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<Stats> {
+    let mut stats = Stats::default();
+    while let Some((rows, rx)) = jobs.recv().await {
+        let batch = rx.await.context("transform worker panicked")??;
+        for (target, enc) in batch.out {
+            if enc.is_empty() {
+                continue;
             }
-            stats.merge(&batch.stats);
-            bar.inc(rows as u64);
-            // Sizes may be estimates (preflight scope): never show more than 100 %.
-            if bar.length().is_some_and(|len| bar.position() > len) {
-                bar.set_length(bar.position());
-            }
+            let tx = senders
+                .get(&target)
+                .with_context(|| format!("no open writer for `{}`", target.name()))?;
+            tx.send(enc.into_bytes())
+                .await
+                .map_err(|_| anyhow::anyhow!("the MAS writer for `{}` stopped", target.name()))?;
         }
-        Ok::<Stats, anyhow::Error>(stats)
-    };
-    let (_, (), stats) = tokio::try_join!(read, dispatch, collect)?;
+        stats.merge(&batch.stats);
+        bar.inc(rows as u64);
+        // Sizes may be estimates (preflight scope): never show more than 100 %.
+        if bar.length().is_some_and(|len| bar.position() > len) {
+            bar.set_length(bar.position());
+        }
+    }
     Ok(stats)
 }
 

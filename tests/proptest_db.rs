@@ -851,6 +851,9 @@ async fn property(case: Case) -> Result<(), TestCaseError> {
             .arg(&homeserver)
             .args(args)
             .env("SYN2MAS_TEST_NOW_MS", "1767225600000")
+            // Split the devices/tokens join as a large database would be split, so that rows
+            // of different users land in different partitions.
+            .env("SYN2MAS_TEST_PARTITIONS", "4")
             .env_remove("SYN2MAS_TEST_PAUSE");
         if case.ignore_missing_auth_providers {
             c.arg("--ignore-missing-auth-providers");

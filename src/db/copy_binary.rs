@@ -170,6 +170,37 @@ pub fn decode_rows<'a>(
     Ok(rows)
 }
 
+/// The length of the tuple at the start of `buf` and its first field (`None`: NULL), for
+/// routing whole tuples by a key without decoding the rest.
+pub fn tuple_key(buf: &[u8], fields: usize) -> Result<(usize, Option<&[u8]>), DecodeError> {
+    let n = read_i16(buf.get(..2).ok_or(DecodeError::Truncated)?);
+    if n < 1 || n as usize != fields {
+        return Err(DecodeError::FieldCount {
+            expected: fields,
+            got: n,
+        });
+    }
+    let mut pos = 2;
+    let mut key = None;
+    for i in 0..fields {
+        let len = read_i32(buf.get(pos..pos + 4).ok_or(DecodeError::Truncated)?);
+        pos += 4;
+        if len == -1 {
+            continue;
+        }
+        if len < 0 {
+            return Err(DecodeError::BadLength(len));
+        }
+        let end = pos + len as usize;
+        let value = buf.get(pos..end).ok_or(DecodeError::Truncated)?;
+        if i == 0 {
+            key = Some(value);
+        }
+        pos = end;
+    }
+    Ok((pos, key))
+}
+
 fn read_i16(b: &[u8]) -> i16 {
     i16::from_be_bytes([b[0], b[1]])
 }

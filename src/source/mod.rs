@@ -1,13 +1,16 @@
 //! Reading Synapse: one consistent snapshot, each table streamed with binary COPY.
 //!
-//! The joins that pair tokens with devices, refresh tokens and owners run on Synapse's server
-//! (sql/*.sql), so the client never holds a table in memory. Every query yields a `skip` column
-//! naming why a row is not migrated; `check` aggregates the very same queries for its plan, so
-//! the plan and the migration cannot disagree.
+//! Users, threepids and external ids are joined with their owners on Synapse's server
+//! (sql/*.sql): those joins are cheap. Devices and tokens are streamed unjoined and joined by
+//! syn2mas itself, partition by partition (`spill`, `transform::sessions`): PostgreSQL's join
+//! of those tables was the most expensive statement of a migration. Every per-table query
+//! yields a `skip` column naming why a row is not migrated; `check` aggregates those queries
+//! for its plan, and the tests hold the migration to it row for row.
 
 pub mod plan;
 pub mod reader;
 pub mod snapshot;
+pub mod spill;
 
 use std::sync::LazyLock;
 
@@ -50,9 +53,9 @@ impl Entity {
     }
 }
 
-/// The reads `migrate` streams. Users, threepids and external ids each have their own query;
-/// devices, access tokens and refresh tokens come from one (`sql/sessions.sql`), because
-/// reading them separately repeats the expensive joins three times.
+/// The stages of `migrate`'s read. Users, threepids and external ids each stream one query;
+/// devices, access tokens and refresh tokens are one stage that streams the three
+/// [`SessionRead`]s and joins them itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Query {
     Users,
@@ -79,21 +82,14 @@ impl Query {
         }
     }
 
-    pub fn sql(self) -> &'static str {
+    /// The one SELECT a single-query stage streams, and its column count (`None` for the
+    /// devices/tokens stage).
+    pub fn read(self) -> Option<(&'static str, usize)> {
         match self {
-            Query::Users => Entity::Users.query(),
-            Query::Threepids => Entity::Threepids.query(),
-            Query::ExternalIds => Entity::ExternalIds.query(),
-            Query::Sessions => SESSIONS,
-        }
-    }
-
-    pub fn fields(self) -> usize {
-        match self {
-            Query::Users => 8,
-            Query::Threepids => 6,
-            Query::ExternalIds => 5,
-            Query::Sessions => 21,
+            Query::Users => Some((Entity::Users.query(), 8)),
+            Query::Threepids => Some((Entity::Threepids.query(), 6)),
+            Query::ExternalIds => Some((Entity::ExternalIds.query(), 5)),
+            Query::Sessions => None,
         }
     }
 
@@ -108,7 +104,47 @@ impl Query {
     }
 }
 
-const SESSIONS: &str = include_str!("../../sql/sessions.sql");
+/// The three unjoined reads of the devices/tokens stage, each partitioned by its first column
+/// (the user id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRead {
+    Owners,
+    Devices,
+    Tokens,
+}
+
+impl SessionRead {
+    pub const ALL: [SessionRead; 3] = [
+        SessionRead::Owners,
+        SessionRead::Devices,
+        SessionRead::Tokens,
+    ];
+
+    pub fn sql(self) -> &'static str {
+        match self {
+            SessionRead::Owners => include_str!("../../sql/sessions_owners.sql"),
+            SessionRead::Devices => include_str!("../../sql/sessions_devices.sql"),
+            SessionRead::Tokens => include_str!("../../sql/sessions_tokens.sql"),
+        }
+    }
+
+    pub fn fields(self) -> usize {
+        match self {
+            SessionRead::Owners => 4,
+            SessionRead::Devices => 7,
+            SessionRead::Tokens => 11,
+        }
+    }
+
+    /// The Synapse table it reads, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionRead::Owners => "users",
+            SessionRead::Devices => "devices",
+            SessionRead::Tokens => "access_tokens",
+        }
+    }
+}
 
 /// Refresh tokens that no access token points at: counted, never streamed.
 pub const REFRESH_WITHOUT_ACCESS_TOKEN: &str =

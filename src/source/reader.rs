@@ -6,7 +6,6 @@ use futures::TryStreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use super::Query;
 use crate::db::copy_binary::{header_len, scan_tuples};
 
 /// Target size of one chunk handed to a transform worker: large enough that per-chunk costs
@@ -20,17 +19,23 @@ pub struct Chunk {
     pub rows: usize,
 }
 
-/// Runs `COPY (query) TO STDOUT (FORMAT binary)` and sends complete-row chunks to `tx`.
-/// Returns the number of rows read. Stops early (Ok) if the receiver went away, because then
-/// the pipeline is already failing for a reason reported elsewhere.
-pub async fn stream(client: &Client, query: Query, tx: mpsc::Sender<Chunk>) -> anyhow::Result<u64> {
-    let sql = format!("COPY ({}) TO STDOUT (FORMAT binary)", query.sql());
+/// Runs `COPY (sql) TO STDOUT (FORMAT binary)` (`fields` columns) and sends complete-row
+/// chunks to `tx`; `what` names the read in errors. Returns the number of rows read. Stops
+/// early (Ok) if the receiver went away, because then the pipeline is already failing for a
+/// reason reported elsewhere.
+pub async fn stream(
+    client: &Client,
+    sql: &str,
+    fields: usize,
+    what: &str,
+    tx: mpsc::Sender<Chunk>,
+) -> anyhow::Result<u64> {
+    let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
     let stream = client
-        .copy_out(&sql)
+        .copy_out(&copy)
         .await
-        .with_context(|| format!("reading Synapse's `{}`", query.name()))?;
+        .with_context(|| format!("reading Synapse's `{what}`"))?;
     futures::pin_mut!(stream);
-    let fields = query.fields();
     let mut buf = BytesMut::with_capacity(CHUNK_BYTES + (64 << 10));
     let mut header_done = false;
     let mut total = 0u64;
@@ -38,13 +43,10 @@ pub async fn stream(client: &Client, query: Query, tx: mpsc::Sender<Chunk>) -> a
     while let Some(msg) = stream
         .try_next()
         .await
-        .with_context(|| format!("reading Synapse's `{}`", query.name()))?
+        .with_context(|| format!("reading Synapse's `{what}`"))?
     {
         if finished {
-            bail!(
-                "data after the end of Synapse's `{}` COPY stream",
-                query.name()
-            );
+            bail!("data after the end of Synapse's `{what}` COPY stream");
         }
         buf.extend_from_slice(&msg);
         if !header_done {
@@ -70,10 +72,7 @@ pub async fn stream(client: &Client, query: Query, tx: mpsc::Sender<Chunk>) -> a
         };
         total += sent;
         if !trailer || !buf.is_empty() {
-            bail!(
-                "Synapse's `{}` COPY stream ended without its trailer",
-                query.name()
-            );
+            bail!("Synapse's `{what}` COPY stream ended without its trailer");
         }
     }
     Ok(total)

@@ -7,6 +7,7 @@
 
 pub mod ids;
 mod rows;
+pub mod sessions;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -113,6 +114,13 @@ impl Batch {
             .or_insert_with(|| Encoder::with_capacity(256 << 10))
     }
 
+    /// Records the rows each encoder holds as written to its table.
+    fn count_written(&mut self) {
+        for (target, enc) in &self.out {
+            *self.stats.written.entry(*target).or_default() += enc.rows();
+        }
+    }
+
     fn counts(&mut self, entity: Entity) -> &mut EntityCounts {
         self.stats.entities.entry(entity).or_default()
     }
@@ -137,22 +145,16 @@ const REASONS: &[&str] = &[
 
 /// Decodes, maps and encodes one chunk of rows of `query`.
 pub fn process_chunk(ctx: &Ctx, query: Query, bytes: &[u8]) -> anyhow::Result<Batch> {
-    let fields = query.fields();
+    let (Some((_, fields)), Some(map)) = (query.read(), rows::mapper(query)) else {
+        anyhow::bail!("`{}` is not read in chunks", query.name());
+    };
     let mut slots = Vec::with_capacity(fields * 4096);
     copy_binary::decode_rows(bytes, fields, &mut slots)?;
     let mut batch = Batch::default();
-    let map = match query {
-        Query::Users => rows::user,
-        Query::Threepids => rows::threepid,
-        Query::ExternalIds => rows::external_id,
-        Query::Sessions => rows::session_row,
-    };
     for row in slots.chunks_exact(fields) {
         map(ctx, row, &mut batch)?;
     }
-    for (target, enc) in &batch.out {
-        *batch.stats.written.entry(*target).or_default() += enc.rows();
-    }
+    batch.count_written();
     Ok(batch)
 }
 

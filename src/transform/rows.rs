@@ -6,9 +6,22 @@ use super::ids::{Kind, ulid_ms};
 use super::{Batch, Ctx, RowError, field_error, reason, time_error};
 use crate::db::copy_binary::{field, pg_micros_from_unix_ms};
 use crate::sink::tables::Target;
-use crate::source::Entity;
+use crate::source::{Entity, Query};
 
 type Row<'a> = [Option<&'a [u8]>];
+
+/// Maps one row of a single-query stage into a batch.
+pub(super) type Mapper = fn(&Ctx, &Row<'_>, &mut Batch) -> Result<(), RowError>;
+
+/// The mapping of a single-query stage (the devices/tokens stage joins first: `sessions`).
+pub(super) fn mapper(query: Query) -> Option<Mapper> {
+    match query {
+        Query::Users => Some(user),
+        Query::Threepids => Some(threepid),
+        Query::ExternalIds => Some(external_id),
+        Query::Sessions => None,
+    }
+}
 
 /// Typed access to one decoded row, turning decode failures into `RowError`s that name the
 /// table, the row's user and the column.
@@ -323,7 +336,8 @@ fn device_ip(batch: &mut Batch, ip: Option<&str>) -> Option<IpAddr> {
     }
 }
 
-/// Columns of sql/sessions.sql.
+/// Columns of a devices/tokens row as `transform::sessions` joins it (one per token, with its
+/// device's columns when the device exists, plus one per device without tokens).
 mod col {
     pub const USER_ID: usize = 0;
     pub const DEVICE_ID: usize = 1;
@@ -348,7 +362,7 @@ mod col {
     pub const PAIR_SKIP: usize = 20;
 }
 
-/// What a row of sql/sessions.sql says about its device and owner.
+/// What a joined devices/tokens row says about its device and owner.
 struct SessionRow<'a> {
     user_id: &'a str,
     device_id: Option<&'a str>,
@@ -359,7 +373,7 @@ struct SessionRow<'a> {
     session_ms: Option<i64>,
 }
 
-/// One row of sql/sessions.sql: the device it carries (if any) → `compat_sessions`; its access
+/// One joined devices/tokens row: the device it carries (if any) → `compat_sessions`; its access
 /// token → `compat_access_tokens` (+ a deviceless `compat_sessions` row); its refresh token →
 /// `compat_refresh_tokens`.
 pub(super) fn session_row(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), RowError> {
