@@ -158,8 +158,9 @@ pub async fn run(
     }
     let ctx = Arc::new(context(mas, opts)?);
     for client in &synapse {
-        // The reads hash-join a few tables of millions of rows; with PostgreSQL's default
-        // 4 MB they spill to disk in many batches. Only these sessions, only this transaction.
+        // Some reads hash-join millions of rows (owners of threepids and external ids, refresh
+        // tokens); with PostgreSQL's default 4 MB they spill to disk in many batches. Only these
+        // sessions, only this transaction.
         client
             .batch_execute("SET LOCAL work_mem = '256MB'")
             .await

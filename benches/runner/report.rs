@@ -142,7 +142,7 @@ fn prefixed_duration(key: &str, v: &Value) -> Option<(String, f64)> {
 }
 
 /// `nproc`, memory, CPU model, PostgreSQL version and date, as Markdown.
-pub fn machine_header(pg_version: &str) -> String {
+pub fn machine_header(pg_version: &str, transport: &str) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_gib = meminfo
@@ -170,7 +170,7 @@ pub fn machine_header(pg_version: &str) -> String {
     format!(
         "# syn2mas benchmark results\n\n\
          - machine: nproc {cpus}, {mem_gib} GiB RAM, CPU {model}; 1-min load average at start {load}\n\
-         - PostgreSQL: {pg_version} (same host, 127.0.0.1)\n\
+         - PostgreSQL: {pg_version} (same host; syn2mas connects by {transport})\n\
          - date: {date}\n\
          - produced by `cargo bench --bench run`; see benches/README.md for what each figure means\n\n"
     )

@@ -27,12 +27,25 @@ impl PgServer {
         )
     }
 
-    /// `postgresql://user@host:port/db`, for config files.
+    /// `postgresql://user@host:port/db`, for config files. A socket directory as host is
+    /// percent-encoded, as libpq URIs require.
     pub fn uri(&self, db: &str) -> String {
         format!(
             "postgresql://{}@{}:{}/{}",
-            self.user, self.host, self.port, db
+            self.user,
+            self.host.replace('%', "%25").replace('/', "%2F"),
+            self.port,
+            db
         )
+    }
+
+    /// How the benchmark reaches the server, for the results header.
+    pub fn transport(&self) -> String {
+        if self.host.starts_with('/') {
+            format!("unix socket in {}, no TLS", self.host)
+        } else {
+            format!("TCP to {}:{}, libpq's default sslmode=prefer (TLS)", self.host, self.port)
+        }
     }
 
     pub async fn connect(&self, db: &str) -> Result<Client> {
