@@ -44,7 +44,10 @@ impl PgServer {
         if self.host.starts_with('/') {
             format!("unix socket in {}, no TLS", self.host)
         } else {
-            format!("TCP to {}:{}, libpq's default sslmode=prefer (TLS)", self.host, self.port)
+            format!(
+                "TCP to {}:{}, libpq's default sslmode=prefer (TLS)",
+                self.host, self.port
+            )
         }
     }
 
