@@ -102,7 +102,7 @@ fn main() -> Result<()> {
         args,
     };
     let pg_version = bench.rt.block_on(server_version(&bench.server))?;
-    let mut document = report::machine_header(&pg_version, &bench.server.transport());
+    let mut document = report::machine_header(&pg_version, &report::transport(&bench.server));
     let mut failed = false;
     for &users in &bench.args.users {
         let section = bench.one(users);

@@ -1,6 +1,8 @@
 //! The per-N results table, the machine header, and what can be read from `--json` output.
 
 use serde_json::Value;
+
+use crate::support::pg::PgServer;
 use std::fmt::Write as _;
 
 /// One line of the results table.
@@ -142,6 +144,18 @@ fn prefixed_duration(key: &str, v: &Value) -> Option<(String, f64)> {
 }
 
 /// `nproc`, memory, CPU model, PostgreSQL version and date, as Markdown.
+/// How the benchmark reaches the server, for the results header.
+pub fn transport(server: &PgServer) -> String {
+    if server.host.starts_with('/') {
+        format!("unix socket in {}, no TLS", server.host)
+    } else {
+        format!(
+            "TCP to {}:{}, libpq's default sslmode=prefer (TLS)",
+            server.host, server.port
+        )
+    }
+}
+
 pub fn machine_header(pg_version: &str, transport: &str) -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();

@@ -39,18 +39,6 @@ impl PgServer {
         )
     }
 
-    /// How the benchmark reaches the server, for the results header.
-    pub fn transport(&self) -> String {
-        if self.host.starts_with('/') {
-            format!("unix socket in {}, no TLS", self.host)
-        } else {
-            format!(
-                "TCP to {}:{}, libpq's default sslmode=prefer (TLS)",
-                self.host, self.port
-            )
-        }
-    }
-
     pub async fn connect(&self, db: &str) -> Result<Client> {
         let (client, connection) = tokio_postgres::connect(&self.conninfo(db), NoTls)
             .await
