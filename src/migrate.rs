@@ -527,6 +527,8 @@ async fn sessions_stage(
         .and_then(|p| p.parse::<usize>().ok())
         .filter(|p| p.is_power_of_two())
         .unwrap_or_else(|| spill::partitions_for(rows));
+    spill::make_room_for_files(parts * SessionRead::ALL.len())
+        .context("raising the open-files limit for the partition files")?;
     let read_bar = progress.bar("devices and tokens: read", rows, "rows");
     let files = futures::future::try_join_all(
         SessionRead::ALL
@@ -589,12 +591,8 @@ async fn run_partitions(
     let ctx = ctx.clone();
     let dispatch = async move {
         for files in partitions {
-            let (tx, rx) = oneshot::channel();
             let ctx = ctx.clone();
-            rayon::spawn(move || {
-                let _ = tx.send(join_partition(&ctx, files));
-            });
-            if job_tx.send((1, rx)).await.is_err() {
+            if !spawn_job(&job_tx, 1, move || join_partition(&ctx, files)).await {
                 break;
             }
         }
@@ -662,13 +660,10 @@ async fn run_stage(
     let ctx = ctx.clone();
     let dispatch = async move {
         while let Some(chunk) = chunk_rx.recv().await {
-            let (tx, rx) = oneshot::channel();
             let ctx = ctx.clone();
             let rows = chunk.rows;
-            rayon::spawn(move || {
-                let _ = tx.send(transform::process_chunk(&ctx, query, &chunk.bytes));
-            });
-            if job_tx.send((rows, rx)).await.is_err() {
+            let work = move || transform::process_chunk(&ctx, query, &chunk.bytes);
+            if !spawn_job(&job_tx, rows, work).await {
                 break;
             }
         }
@@ -676,6 +671,20 @@ async fn run_stage(
     };
     let (_, (), stats) = tokio::try_join!(read, dispatch, forward(job_rx, senders, bar))?;
     Ok(stats)
+}
+
+/// Runs `work` on a transform worker and queues its result for `forward`; `false` when the
+/// collector has stopped (the stage is failing for a reason reported there).
+async fn spawn_job(
+    jobs: &mpsc::Sender<Job>,
+    rows: usize,
+    work: impl FnOnce() -> anyhow::Result<transform::Batch> + Send + 'static,
+) -> bool {
+    let (tx, rx) = oneshot::channel();
+    rayon::spawn(move || {
+        let _ = tx.send(work());
+    });
+    jobs.send((rows, rx)).await.is_ok()
 }
 
 /// Sends each job's encoded bodies to their writers, in job order, and sums the counts.

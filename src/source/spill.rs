@@ -115,6 +115,30 @@ impl Spill {
     }
 }
 
+/// Raises the soft limit on open files so that `files` more fit, up to the hard limit: each of
+/// the three reads keeps one file per partition open (up to 3072), and many systems start
+/// processes with a soft limit of 1024.
+pub fn make_room_for_files(files: usize) -> io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let wanted = (files as libc::rlim_t).saturating_add(256);
+    if limit.rlim_cur >= wanted {
+        return Ok(());
+    }
+    limit.rlim_cur = wanted.min(limit.rlim_max);
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The whole content of a partition file (it is one partition of one stream: a few MiB).
 pub fn read_all(mut file: File) -> io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(file.metadata().map_or(0, |m| m.len() as usize));
@@ -168,6 +192,33 @@ mod tests {
             }
         }
         assert_eq!(seen, all.len());
+    }
+
+    #[test]
+    fn the_open_files_limit_makes_room_for_every_partition_file() {
+        make_room_for_files(3 * MAX_PARTITIONS).unwrap();
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct passed by pointer.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        let wanted = 3 * MAX_PARTITIONS as libc::rlim_t + 256;
+        assert!(
+            limit.rlim_cur >= wanted.min(limit.rlim_max),
+            "{}",
+            limit.rlim_cur
+        );
+        // Where the hard limit allows it, every file of the largest split really opens.
+        if limit.rlim_max >= wanted {
+            let spills: Vec<_> = (0..3)
+                .map(|_| Spill::new(MAX_PARTITIONS, 2).unwrap())
+                .collect();
+            assert_eq!(spills.len(), 3);
+        }
     }
 
     #[test]
