@@ -60,7 +60,8 @@ fn bool_field(b: bool) -> Option<&'static [u8]> {
 /// A device's tokens and what its compat session needs of them.
 #[derive(Default)]
 struct Group {
-    tokens: Vec<usize>,
+    /// Its tokens (index in the partition) with their ids, decoded once.
+    tokens: Vec<(usize, Option<i64>)>,
     /// `min(id)`: the token whose row also carries the device.
     first_token: Option<i64>,
     /// Earliest `last_validated` of non-puppet tokens without / with a refresh token.
@@ -107,12 +108,18 @@ pub fn process_partition(ctx: &Ctx, parts: [&[u8]; 3]) -> anyhow::Result<Batch> 
         let key = d[device::USER_ID].zip(d[device::DEVICE_ID]);
         match key.and_then(|k| groups.get(&k)) {
             Some(g) => {
-                for &i in &g.tokens {
+                for &(i, id) in &g.tokens {
                     matched[i] = true;
-                    let t = tokens[i];
-                    let id = field::opt_int8(t[token::ID]).map_err(|e| token_error(t, "id", e))?;
                     let carries = id.is_some() && id == g.first_token;
-                    emit(ctx, &mut batch, &owners, Some(d), Some(t), carries, Some(g))?;
+                    emit(
+                        ctx,
+                        &mut batch,
+                        &owners,
+                        Some(d),
+                        Some(tokens[i]),
+                        carries,
+                        Some(g),
+                    )?;
                 }
             }
             None => emit(ctx, &mut batch, &owners, Some(d), None, true, None)?,
@@ -157,10 +164,11 @@ fn group_tokens<'a>(tokens: &[&'a Row<'a>]) -> Result<Groups<'a>, RowError> {
         let Some(key) = t[token::USER_ID].zip(t[token::DEVICE_ID]) else {
             continue;
         };
+        let id = field::opt_int8(t[token::ID]).map_err(|e| token_error(t, "id", e))?;
         let g = groups.entry(key).or_default();
-        g.tokens.push(i);
-        if let Some(id) = field::opt_int8(t[token::ID]).map_err(|e| token_error(t, "id", e))? {
-            g.first_token = Some(g.first_token.map_or(id, |f| f.min(id)));
+        g.tokens.push((i, id));
+        if let Some(id) = id {
+            g.first_token = min_opt(g.first_token, id);
         }
         let puppet = field::bool(t[token::PUPPET]).map_err(|e| token_error(t, "puppet", e))?;
         let lv = field::opt_int8(t[token::LAST_VALIDATED])
