@@ -1142,8 +1142,9 @@ async fn timestamps_postgresql_cannot_hold_are_check_errors() {
 /// Row-level problems in the tables other than `users`. An orphan device: the default
 /// `migrate` runs only the preflight checks, finds it while reading and refuses with exit 10
 /// naming the row, MAS untouched; `--full-check` refuses before reading anything, with the
-/// full report. A threepid on another server: the preflight's join-free server-name scan
-/// refuses it up front. Once fixed, both scopes migrate.
+/// full report. A threepid, a hidden device and a puppet token on another server: the
+/// transform checks every row's server name before any skip reason, so even rows it would
+/// skip are refused, naming the table and the row. Once fixed, both scopes migrate.
 #[tokio::test(flavor = "multi_thread")]
 async fn row_problems_outside_users_stop_migrate_in_both_check_scopes() {
     let env = Env::new().await;
@@ -1170,20 +1171,43 @@ async fn row_problems_outside_users_stop_migrate_in_both_check_scopes() {
 
     env.synapse
         .exec(
-            "INSERT INTO user_threepids (user_id, medium, address, validated_at, added_at) VALUES \
+            "DELETE FROM devices WHERE user_id = '@ghost:example.com'; \
+             INSERT INTO user_threepids (user_id, medium, address, validated_at, added_at) VALUES \
                ('@alice:elsewhere.org', 'email', 'a@elsewhere.org', 0, 0);",
         )
         .await;
     let out = env.run(&["migrate", "--allow-warnings"]);
-    out.expect(10, "E-server-name")
+    out.expect(10, "Synapse `user_threepids` row `@alice:elsewhere.org`")
+        .expect(10, "E-server-name")
         .expect(10, "Refusing to migrate");
-    env.assert_untouched("preflight, foreign threepid").await;
+    env.assert_untouched("foreign threepid").await;
 
     env.synapse
         .exec(
-            "DELETE FROM devices WHERE user_id = '@ghost:example.com'; \
-             DELETE FROM user_threepids WHERE user_id = '@alice:elsewhere.org';",
+            "DELETE FROM user_threepids WHERE user_id = '@alice:elsewhere.org'; \
+             INSERT INTO devices (user_id, device_id, hidden) \
+               VALUES ('@carol:elsewhere.org', 'XSIGNKEY', true);",
         )
+        .await;
+    let out = env.run(&["migrate", "--allow-warnings"]);
+    out.expect(10, "Synapse `devices` row `@carol:elsewhere.org`")
+        .expect(10, "E-server-name");
+    env.assert_untouched("foreign hidden device").await;
+
+    env.synapse
+        .exec(
+            "DELETE FROM devices WHERE user_id = '@carol:elsewhere.org'; \
+             INSERT INTO access_tokens (id, user_id, device_id, token, puppets_user_id) \
+               VALUES (99001, '@dan:elsewhere.org', NULL, 'syt_foreign_puppet', '@alice:example.com');",
+        )
+        .await;
+    let out = env.run(&["migrate", "--allow-warnings"]);
+    out.expect(10, "Synapse `access_tokens` row `@dan:elsewhere.org`")
+        .expect(10, "E-server-name");
+    env.assert_untouched("foreign puppet token").await;
+
+    env.synapse
+        .exec("DELETE FROM access_tokens WHERE user_id = '@dan:elsewhere.org';")
         .await;
     let out = env.run(&["migrate", "--allow-warnings", "--full-check", "--dry-run"]);
     out.expect(0, "");

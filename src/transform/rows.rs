@@ -79,18 +79,26 @@ impl<'r, 'a> Fields<'r, 'a> {
     }
 }
 
+/// E-server-name, checked on every row of a dependent table before any skip reason: `migrate`
+/// then refuses every row `check` reports, without the preflight scanning those tables again.
+fn on_server(ctx: &Ctx, f: &Fields<'_, '_>) -> Result<(), RowError> {
+    let id = f.who;
+    if !id.starts_with('@') {
+        return Err(f.err("user id does not start with `@`"));
+    }
+    if id.len() <= ctx.suffix.len() + 1 || !id.ends_with(ctx.suffix.as_str()) {
+        return Err(f.err(format!(
+            "user id does not end with `{}` (the MAS `matrix.homeserver`); see E-server-name in `syn2mas check`",
+            ctx.suffix
+        )));
+    }
+    Ok(())
+}
+
 /// The localpart of a full user id, which must be `@<localpart>:<server_name>`.
 fn localpart<'a>(ctx: &Ctx, f: &Fields<'_, '_>, user_id: &'a str) -> Result<&'a str, RowError> {
-    let lp = user_id
-        .strip_prefix('@')
-        .ok_or_else(|| f.err("user id does not start with `@`"))?
-        .strip_suffix(ctx.suffix.as_str())
-        .ok_or_else(|| {
-            f.err(format!(
-                "user id does not end with `{}` (the MAS `matrix.homeserver`); see E-server-name in `syn2mas check`",
-                ctx.suffix
-            ))
-        })?;
+    on_server(ctx, &Fields { who: user_id, ..*f })?;
+    let lp = &user_id[1..user_id.len() - ctx.suffix.len()];
     if lp.is_empty() || lp.contains(':') {
         return Err(f.err(
             "the localpart is empty or contains `:`, which a MAS username cannot (see E-localpart-colon)",
@@ -144,6 +152,7 @@ fn unless_skipped<'r, 'a>(
         who: probe.text(0, "user_id")?,
         ..probe
     };
+    on_server(ctx, &f)?;
     if let Some(r) = f.skip(ctx)? {
         count_skip(batch, entity, r);
         return Ok(None);
@@ -385,7 +394,17 @@ pub(super) fn session_row(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result
     let user_id = probe.text(col::USER_ID, "user_id")?;
     let f = Fields {
         who: user_id,
+        table: if probe.bool(col::DEVICE_EXISTS, "device_exists")? {
+            "devices"
+        } else {
+            "access_tokens"
+        },
         ..probe
+    };
+    on_server(ctx, &f)?;
+    let f = Fields {
+        table: "devices",
+        ..f
     };
     let device_skip = f
         .opt_text(col::DEVICE_SKIP, "device_skip")?
