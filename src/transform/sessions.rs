@@ -10,6 +10,10 @@
 
 use std::collections::HashMap;
 
+/// foldhash, seeded per process: the join hashes ~5M short keys per million users, and std's
+/// SipHash was ~5 % of syn2mas's CPU; a random seed keeps crafted user ids from colliding.
+type Hasher = foldhash::fast::RandomState;
+
 use super::{Batch, Ctx, RowError, field_error, rows};
 use crate::db::copy_binary::{FieldError, decode_rows, field};
 use crate::source::SessionRead;
@@ -77,7 +81,7 @@ impl Group {
 }
 
 /// A partition's token groups by (user_id, device_id).
-type Groups<'a> = HashMap<(&'a [u8], &'a [u8]), Group>;
+type Groups<'a> = HashMap<(&'a [u8], &'a [u8]), Group, Hasher>;
 
 fn min_opt(a: Option<i64>, b: i64) -> Option<i64> {
     Some(a.map_or(b, |a| a.min(b)))
@@ -146,8 +150,8 @@ fn decoded(parts: [&[u8]; 3]) -> anyhow::Result<[Vec<Option<&[u8]>>; 3]> {
 
 /// Owners by user id. `users.name` is unique in Synapse, so the first row of a name is its
 /// only one.
-fn index_owners<'a>(owners: &[&'a Row<'a>]) -> HashMap<&'a [u8], &'a Row<'a>> {
-    let mut map = HashMap::with_capacity(owners.len());
+fn index_owners<'a>(owners: &[&'a Row<'a>]) -> HashMap<&'a [u8], &'a Row<'a>, Hasher> {
+    let mut map = HashMap::with_capacity_and_hasher(owners.len(), Hasher::default());
     for o in owners {
         if let Some(name) = o[owner::NAME] {
             map.entry(name).or_insert(*o);
@@ -159,7 +163,7 @@ fn index_owners<'a>(owners: &[&'a Row<'a>]) -> HashMap<&'a [u8], &'a Row<'a>> {
 /// Tokens by (user_id, device_id), with the aggregates of sql/session_times.sql. Tokens
 /// without a device id belong to no group (NULL joins nothing).
 fn group_tokens<'a>(tokens: &[&'a Row<'a>]) -> Result<Groups<'a>, RowError> {
-    let mut groups = Groups::new();
+    let mut groups = Groups::default();
     for (i, t) in tokens.iter().enumerate() {
         let Some(key) = t[token::USER_ID].zip(t[token::DEVICE_ID]) else {
             continue;
@@ -187,7 +191,7 @@ fn group_tokens<'a>(tokens: &[&'a Row<'a>]) -> Result<Groups<'a>, RowError> {
 fn emit(
     ctx: &Ctx,
     batch: &mut Batch,
-    owners: &HashMap<&[u8], &Row<'_>>,
+    owners: &HashMap<&[u8], &Row<'_>, Hasher>,
     d: Option<&Row<'_>>,
     t: Option<&Row<'_>>,
     carries: bool,
