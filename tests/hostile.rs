@@ -745,6 +745,26 @@ async fn synapse_schema_too_old() {
     env.assert_untouched("Synapse schema too old").await;
 }
 
+/// `migrate` copies tokens, user agents and addresses without decoding them, relying on
+/// Synapse's database being UTF8: a `SQL_ASCII` one (which hands out any bytes) is refused by
+/// `check` and by `migrate`'s preflight, and MAS stays empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn synapse_database_not_utf8_is_refused() {
+    let env = Env::with(
+        TestDb::synapse_encoded(Schema::Project, "SQL_ASCII").await,
+        TestDb::mas(Schema::Project).await,
+    );
+    env.run(&["check"])
+        .expect(10, "E-synapse-encoding")
+        .expect(10, "the Synapse database's encoding is SQL_ASCII, not UTF8");
+    env.run(&["migrate", "--allow-warnings"])
+        .expect(10, "Refusing to migrate")
+        .expect(10, "E-synapse-encoding");
+    env.run(&["migrate", "--allow-warnings", "--dry-run"])
+        .expect(10, "E-synapse-encoding");
+    env.assert_untouched("Synapse database not UTF8").await;
+}
+
 // ------------------------------------------------------------------------------------------------
 // Concurrency
 // ------------------------------------------------------------------------------------------------

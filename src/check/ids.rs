@@ -35,6 +35,7 @@ pub const UPSTREAM_IN_PROGRESS: &str = "E-upstream-in-progress";
 // Synapse database: schema.
 pub const SYNAPSE_NOT_SYNAPSE: &str = "E-synapse-not-synapse";
 pub const SYNAPSE_SCHEMA_OLD: &str = "E-synapse-schema-old";
+pub const SYNAPSE_ENCODING: &str = "E-synapse-encoding";
 
 // Synapse database: data.
 pub const GUESTS: &str = "W-guests";

@@ -76,6 +76,10 @@ pub async fn inspect(client: &Client) -> Result<Vec<Finding>> {
         return Ok(vec![not_synapse(&missing_tables)]);
     }
     let mut out = Vec::new();
+    let encoding = server_encoding(client).await?;
+    if encoding != "UTF8" {
+        out.push(wrong_encoding(&encoding));
+    }
     let version = if columns.contains_key("schema_version") {
         schema_version(client).await?
     } else {
@@ -134,6 +138,28 @@ async fn schema_version(client: &Client) -> Result<Option<i32>> {
         .await
         .context("reading Synapse's schema_version")?;
     Ok(row.get(0))
+}
+
+/// Synapse refuses to start on a database that is not UTF8; `migrate` relies on it too, copying
+/// tokens, user agents and addresses into MAS without decoding them (only a `SQL_ASCII`
+/// database could hand out bytes that are not UTF-8).
+async fn server_encoding(client: &Client) -> Result<String> {
+    let row = client
+        .query_one("SELECT pg_catalog.current_setting('server_encoding')", &[])
+        .await
+        .context("reading the Synapse database's encoding")?;
+    Ok(row.get(0))
+}
+
+fn wrong_encoding(encoding: &str) -> Finding {
+    Finding::new(
+        ids::SYNAPSE_ENCODING,
+        format!("the Synapse database's encoding is {encoding}, not UTF8 (Synapse requires UTF8)"),
+        1,
+        "point --synapse-config (its `database` section) or --synapse-database-uri at the database \
+         Synapse actually runs on; a non-UTF8 copy must be re-created with ENCODING 'UTF8' and \
+         restored into",
+    )
 }
 
 fn not_synapse(missing: &[String]) -> Finding {

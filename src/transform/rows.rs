@@ -39,6 +39,10 @@ impl<'r, 'a> Fields<'r, 'a> {
     fn opt_text(&self, i: usize, col: &str) -> Result<Option<&'a str>, RowError> {
         field::opt_text(self.row[i]).map_err(|e| field_error(self.table, self.who, col, e))
     }
+    /// A text column syn2mas passes to MAS untouched (`Encoder::text_bytes`).
+    fn text_bytes(&self, i: usize, col: &str) -> Result<&'a [u8], RowError> {
+        field::text_bytes(self.row[i]).map_err(|e| field_error(self.table, self.who, col, e))
+    }
     fn int8(&self, i: usize, col: &str) -> Result<i64, RowError> {
         field::int8(self.row[i]).map_err(|e| field_error(self.table, self.who, col, e))
     }
@@ -199,7 +203,7 @@ pub(super) fn user(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), Ro
         .opt_timestamptz(deactivated.then_some(created))
         .bool(admin)
         .bool(guest);
-    if let Some(hash) = f.opt_text(1, "password_hash")? {
+    if let Some(hash) = row[1] {
         let pid = ctx.ids.ulid(
             Kind::Password,
             creation.saturating_mul(1000),
@@ -210,7 +214,7 @@ pub(super) fn user(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), Ro
             .row(Target::UserPasswords.width())
             .uuid(pid)
             .uuid(uid)
-            .text(hash)
+            .text_bytes(hash)
             .timestamptz(created)
             .int4(1);
     }
@@ -226,24 +230,22 @@ pub(super) fn threepid(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<()
     let user_id = f.who;
     let (medium, address, added_at) = (
         f.text(1, "medium")?,
-        f.text(2, "address")?,
+        f.text_bytes(2, "address")?,
         f.int8(3, "added_at")?,
     );
     let lp = localpart(ctx, &f, user_id)?;
     let uid = user_uuid(ctx, lp, owner_creation(&f, 4)?);
     let created = f.micros(added_at, "added_at")?;
     if medium == "email" {
-        let id = ctx.ids.ulid(
-            Kind::Email,
-            added_at,
-            &[medium.as_bytes(), address.as_bytes()],
-        );
+        let id = ctx
+            .ids
+            .ulid(Kind::Email, added_at, &[medium.as_bytes(), address]);
         batch
             .encoder(Target::UserEmails)
             .row(Target::UserEmails.width())
             .uuid(id)
             .uuid(uid)
-            .text(address)
+            .text_bytes(address)
             .timestamptz(created);
     } else {
         batch
@@ -251,7 +253,7 @@ pub(super) fn threepid(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<()
             .row(Target::UserUnsupportedThirdPartyIds.width())
             .uuid(uid)
             .text(medium)
-            .text(address)
+            .text_bytes(address)
             .timestamptz(created);
     }
     count_migrated(batch, Entity::Threepids);
@@ -264,7 +266,7 @@ pub(super) fn external_id(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result
         return Ok(());
     };
     let user_id = f.who;
-    let (provider, subject) = (f.text(1, "auth_provider")?, f.text(2, "external_id")?);
+    let (provider, subject) = (f.text(1, "auth_provider")?, f.text_bytes(2, "external_id")?);
     let provider_id = *ctx
         .providers
         .get(provider)
@@ -273,11 +275,9 @@ pub(super) fn external_id(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result
     let creation = owner_creation(&f, 3)?;
     let uid = user_uuid(ctx, lp, creation);
     let creation_ms = creation.saturating_mul(1000);
-    let id = ctx.ids.ulid(
-        Kind::Link,
-        creation_ms,
-        &[provider.as_bytes(), subject.as_bytes()],
-    );
+    let id = ctx
+        .ids
+        .ulid(Kind::Link, creation_ms, &[provider.as_bytes(), subject]);
     let created = f.micros(ulid_ms(creation_ms), "users.creation_ts")?;
     batch
         .encoder(Target::UpstreamOauthLinks)
@@ -285,7 +285,7 @@ pub(super) fn external_id(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result
         .uuid(id)
         .uuid(uid)
         .uuid(provider_id)
-        .text(subject)
+        .text_bytes(subject)
         .timestamptz(created);
     count_migrated(batch, Entity::ExternalIds);
     Ok(())
@@ -470,13 +470,13 @@ fn device(
         return Ok(());
     }
     let device_id = f.text(col::DEVICE_ID, "device_id")?;
-    let name = f.opt_text(col::DISPLAY_NAME, "display_name")?;
+    let name = f.row[col::DISPLAY_NAME];
     let last_seen = f
         .opt_int8(col::LAST_SEEN, "last_seen")?
         .map(|ms| f.micros(ms, "last_seen"))
         .transpose()?;
     let ip = device_ip(batch, f.opt_text(col::IP, "ip")?);
-    let user_agent = f.opt_text(col::USER_AGENT, "user_agent")?;
+    let user_agent = f.row[col::USER_AGENT];
     let admin = f.opt_bool(col::ADMIN, "users.admin")?.unwrap_or(false);
     let lp = localpart(ctx, f, s.user_id)?;
     let uid = user_uuid(ctx, lp, owner_creation(f, col::CREATION_TS)?);
@@ -488,12 +488,12 @@ fn device(
         .uuid(sid)
         .uuid(uid)
         .text(device_id)
-        .opt_text(name)
+        .opt_text_bytes(name)
         .timestamptz(created)
         .bool(admin)
         .opt_timestamptz(last_seen)
         .opt_inet(ip)
-        .opt_text(user_agent);
+        .opt_text_bytes(user_agent);
     count_migrated(batch, Entity::Devices);
     Ok(())
 }
@@ -550,7 +550,7 @@ fn access_token(
         return Ok(());
     }
     let id = f.int8(col::AT_ID, "id")?;
-    let token = f.text(col::AT_TOKEN, "token")?;
+    let token = f.text_bytes(col::AT_TOKEN, "token")?;
     let expires = f.opt_int8(col::VALID_UNTIL, "valid_until_ms")?;
     let created_ms = f
         .opt_int8(col::LAST_VALIDATED, "last_validated")?
@@ -576,7 +576,7 @@ fn write_access_token(
     batch: &mut Batch,
     session: u128,
     id: i64,
-    token: &str,
+    token: &[u8],
     created_ms: i64,
     expires_ms: Option<i64>,
 ) -> Result<u128, RowError> {
@@ -592,7 +592,7 @@ fn write_access_token(
         .row(Target::CompatAccessTokens.width())
         .uuid(token_id)
         .uuid(session)
-        .text(token)
+        .text_bytes(token)
         .timestamptz(created)
         .opt_timestamptz(expires);
     Ok(token_id)
@@ -631,9 +631,9 @@ fn refresh_pair(
     }
     let device_id = f.text(col::DEVICE_ID, "device_id")?;
     let rt_id = f.int8(col::RT_ID, "refresh_tokens.id")?;
-    let rt_token = f.text(col::RT_TOKEN, "refresh_tokens.token")?;
+    let rt_token = f.text_bytes(col::RT_TOKEN, "refresh_tokens.token")?;
     let at_id = f.int8(col::AT_ID, "access_tokens.id")?;
-    let at_token = f.text(col::AT_TOKEN, "access_tokens.token")?;
+    let at_token = f.text_bytes(col::AT_TOKEN, "access_tokens.token")?;
     let expires = f.opt_int8(col::VALID_UNTIL, "access_tokens.valid_until_ms")?;
     let created_ms = f
         .opt_int8(col::LAST_VALIDATED, "access_tokens.last_validated")?
@@ -651,7 +651,7 @@ fn refresh_pair(
         .uuid(rt_uuid)
         .uuid(session)
         .uuid(at_uuid)
-        .text(rt_token)
+        .text_bytes(rt_token)
         .timestamptz(created);
     count_migrated(batch, Entity::RefreshTokens);
     count_migrated(batch, Entity::AccessTokens);

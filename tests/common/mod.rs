@@ -516,6 +516,32 @@ impl TestDb {
         .await
     }
 
+    /// Synapse schema + `fixtures/synapse/data.sql` in a database of another `encoding` (such
+    /// as `SQL_ASCII`), built from template0 since a template cannot change encoding.
+    pub async fn synapse_encoded(schema: Schema, encoding: &'static str) -> TestDb {
+        let kind = FixtureKind {
+            side: Side::Synapse,
+            schema,
+            with_data: true,
+        };
+        blocking(move || {
+            let db = TestDb {
+                name: owned_name("s2m_t"),
+                schema,
+            };
+            admin(&format!(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'",
+                quote_ident(&db.name)
+            ))
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", db.name));
+            for file in kind.files() {
+                load_file(&db.name, &file).unwrap_or_else(|e| panic!("{e}"));
+            }
+            db
+        })
+        .await
+    }
+
     async fn spawn(kind: FixtureKind, extra: Vec<PathBuf>) -> TestDb {
         blocking(move || Self::create_blocking(kind, &extra)).await
     }
