@@ -316,6 +316,11 @@ impl Encoder {
         self.rows == 0
     }
 
+    /// Bytes encoded so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn into_bytes(self) -> Vec<u8> {
         self.buf
     }

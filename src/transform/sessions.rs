@@ -106,7 +106,7 @@ pub fn process_partition(ctx: &Ctx, parts: [&[u8]; 3]) -> anyhow::Result<Batch> 
     });
     let owners = index_owners(&owners);
     let groups = group_tokens(&tokens)?;
-    let mut batch = Batch::default();
+    let mut batch = Batch::new(ctx);
     let mut matched = vec![false; tokens.len()];
     for d in &devices {
         let key = d[device::USER_ID].zip(d[device::DEVICE_ID]);
@@ -135,7 +135,7 @@ pub fn process_partition(ctx: &Ctx, parts: [&[u8]; 3]) -> anyhow::Result<Batch> 
             .and_then(|k| groups.get(&k));
         emit(ctx, &mut batch, &owners, None, Some(t), false, g)?;
     }
-    batch.count_written();
+    batch.finish(ctx);
     Ok(batch)
 }
 
