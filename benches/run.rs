@@ -55,6 +55,10 @@ struct Args {
     /// Parallel sessions for index builds (generator) and floor COPY
     #[arg(long, default_value_t = 2)]
     jobs: usize,
+    /// Run `migrate` this many times per user count (each on a recreated MAS database) and add
+    /// a row with the median: on a shared VM one run can be 1.5× another
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    repeat: u32,
     /// Internal: generate this many users and print the report as JSON on stdout (the runner
     /// runs generation as its own child process so that it is measured like the others)
     #[arg(long, hide = true, value_name = "N")]
@@ -203,6 +207,7 @@ impl Bench {
         let migrate = self.child_phase("syn2mas migrate", &real, &[0], None, &mut s);
         if let Some(run) = &migrate {
             self.stage_lines(run, &mut s);
+            self.repeat_migrate(&real, &mut s);
         }
         self.floor(migrate.is_some(), dry_run.is_some(), &mut s);
         s
@@ -351,6 +356,35 @@ impl Bench {
         Some(run)
     }
 
+    /// `--repeat`: the further `migrate` runs, then their median (wall and CPU) and largest
+    /// peak RSS, all compared with the floor like the first run.
+    fn repeat_migrate(&self, real: &[&str], s: &mut Section) {
+        let repeat = self.args.repeat;
+        if repeat < 2 {
+            return;
+        }
+        for i in 2..=repeat {
+            self.setup_mas("recreate MAS database", s);
+            let name = format!("syn2mas migrate (run {i} of {repeat})");
+            if self.child_phase(&name, real, &[0], None, s).is_none() {
+                return;
+            }
+        }
+        let runs: Vec<&Phase> = s.phases.iter().filter(|p| is_migrate_run(p)).collect();
+        let median = |f: fn(&Phase) -> Option<f64>| {
+            let mut v: Vec<f64> = runs.iter().filter_map(|p| f(p)).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
+        let phase = Phase {
+            wall_secs: median(|p| p.wall_secs),
+            cpu_secs: median(|p| p.cpu_secs),
+            rss_mib: runs.iter().filter_map(|p| p.rss_mib).reduce(f64::max),
+            ..Phase::new(format!("syn2mas migrate: median of {repeat} runs"))
+        };
+        s.phases.push(phase);
+    }
+
     /// Per-stage lines from `migrate --json`, when it reports them.
     fn stage_lines(&self, run: &ChildRun, s: &mut Section) {
         for (name, secs, rows) in report::stage_timings(&run.stdout) {
@@ -391,8 +425,9 @@ impl Bench {
     fn push_floor(&self, f: &floor::Floor, dry_ran: bool, s: &mut Section) {
         let total = f.copy_secs + f.build_secs;
         for p in &mut s.phases {
-            let is_migrate =
-                p.name == "syn2mas migrate" || (dry_ran && p.name == "syn2mas migrate --dry-run");
+            let is_migrate = is_migrate_run(p)
+                || p.name.starts_with("syn2mas migrate: median")
+                || (dry_ran && p.name == "syn2mas migrate --dry-run");
             if is_migrate && total > 0.0 {
                 p.rows = Some(f.rows);
                 p.ratio = p.wall_secs.map(|w| w / total);
@@ -421,6 +456,11 @@ impl Bench {
             ..Phase::new("floor: total")
         });
     }
+}
+
+/// A row of one real `migrate` run (the first, or a `--repeat` one).
+fn is_migrate_run(p: &Phase) -> bool {
+    p.name == "syn2mas migrate" || p.name.starts_with("syn2mas migrate (run ")
 }
 
 fn measured(phase: &mut Phase, run: &ChildRun) {
