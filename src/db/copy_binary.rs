@@ -233,8 +233,10 @@ pub mod field {
             .transpose()
     }
 
-    /// A non-NULL text value the client only copies into MAS, left unvalidated: see
-    /// `Encoder::text_bytes` for why that is safe.
+    /// A non-NULL text value syn2mas only copies into MAS, not checked for UTF-8 here (that
+    /// check was ~5 % of syn2mas's CPU): Synapse's database is UTF8 (`check` refuses another
+    /// encoding, E-synapse-encoding), so PostgreSQL only sends valid UTF-8, and MAS's server
+    /// verifies every text value of a COPY again anyway.
     pub fn text_bytes(f: Option<&[u8]>) -> Result<&[u8], FieldError> {
         f.ok_or(FieldError::Null)
     }
@@ -354,28 +356,15 @@ impl Encoder {
         }
     }
 
-    pub fn text(&mut self, v: &str) -> &mut Self {
-        self.raw(v.as_bytes())
+    /// A `text` value: a `&str`, or bytes read from Synapse and passed through undecoded
+    /// (`field::text_bytes`).
+    pub fn text(&mut self, v: impl AsRef<[u8]>) -> &mut Self {
+        self.raw(v.as_ref())
     }
 
-    pub fn opt_text(&mut self, v: Option<&str>) -> &mut Self {
+    pub fn opt_text(&mut self, v: Option<impl AsRef<[u8]>>) -> &mut Self {
         match v {
             Some(v) => self.text(v),
-            None => self.null(),
-        }
-    }
-
-    /// Text copied from Synapse as received, without checking it is UTF-8 here (that was ~5 %
-    /// of syn2mas's CPU): Synapse's database is UTF8 (`check` refuses another encoding,
-    /// E-synapse-encoding), so PostgreSQL only ever sends valid UTF-8, and MAS's server verifies
-    /// every text value of a COPY again anyway. Only for values syn2mas never interprets.
-    pub fn text_bytes(&mut self, v: &[u8]) -> &mut Self {
-        self.raw(v)
-    }
-
-    pub fn opt_text_bytes(&mut self, v: Option<&[u8]>) -> &mut Self {
-        match v {
-            Some(v) => self.text_bytes(v),
             None => self.null(),
         }
     }

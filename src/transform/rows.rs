@@ -39,7 +39,7 @@ impl<'r, 'a> Fields<'r, 'a> {
     fn opt_text(&self, i: usize, col: &str) -> Result<Option<&'a str>, RowError> {
         field::opt_text(self.row[i]).map_err(|e| field_error(self.table, self.who, col, e))
     }
-    /// A text column syn2mas passes to MAS untouched (`Encoder::text_bytes`).
+    /// A text column syn2mas passes to MAS undecoded (`field::text_bytes` says why that is safe).
     fn text_bytes(&self, i: usize, col: &str) -> Result<&'a [u8], RowError> {
         field::text_bytes(self.row[i]).map_err(|e| field_error(self.table, self.who, col, e))
     }
@@ -214,7 +214,7 @@ pub(super) fn user(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<(), Ro
             .row(Target::UserPasswords.width())
             .uuid(pid)
             .uuid(uid)
-            .text_bytes(hash)
+            .text(hash)
             .timestamptz(created)
             .int4(1);
     }
@@ -245,7 +245,7 @@ pub(super) fn threepid(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<()
             .row(Target::UserEmails.width())
             .uuid(id)
             .uuid(uid)
-            .text_bytes(address)
+            .text(address)
             .timestamptz(created);
     } else {
         batch
@@ -253,7 +253,7 @@ pub(super) fn threepid(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result<()
             .row(Target::UserUnsupportedThirdPartyIds.width())
             .uuid(uid)
             .text(medium)
-            .text_bytes(address)
+            .text(address)
             .timestamptz(created);
     }
     count_migrated(batch, Entity::Threepids);
@@ -285,7 +285,7 @@ pub(super) fn external_id(ctx: &Ctx, row: &Row<'_>, batch: &mut Batch) -> Result
         .uuid(id)
         .uuid(uid)
         .uuid(provider_id)
-        .text_bytes(subject)
+        .text(subject)
         .timestamptz(created);
     count_migrated(batch, Entity::ExternalIds);
     Ok(())
@@ -488,12 +488,12 @@ fn device(
         .uuid(sid)
         .uuid(uid)
         .text(device_id)
-        .opt_text_bytes(name)
+        .opt_text(name)
         .timestamptz(created)
         .bool(admin)
         .opt_timestamptz(last_seen)
         .opt_inet(ip)
-        .opt_text_bytes(user_agent);
+        .opt_text(user_agent);
     count_migrated(batch, Entity::Devices);
     Ok(())
 }
@@ -592,7 +592,7 @@ fn write_access_token(
         .row(Target::CompatAccessTokens.width())
         .uuid(token_id)
         .uuid(session)
-        .text_bytes(token)
+        .text(token)
         .timestamptz(created)
         .opt_timestamptz(expires);
     Ok(token_id)
@@ -651,7 +651,7 @@ fn refresh_pair(
         .uuid(rt_uuid)
         .uuid(session)
         .uuid(at_uuid)
-        .text_bytes(rt_token)
+        .text(rt_token)
         .timestamptz(created);
     count_migrated(batch, Entity::RefreshTokens);
     count_migrated(batch, Entity::AccessTokens);
