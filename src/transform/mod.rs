@@ -40,11 +40,15 @@ struct SizeHints([AtomicUsize; Target::ALL.len()]);
 impl SizeHints {
     /// Where an encoder starts when nothing is known yet.
     const FIRST: usize = 256 << 10;
+    /// The most an encoder starts with: a batch's output per table is normally 1–3 MiB, and
+    /// one outlier partition (a user with a huge number of devices) must not make every later
+    /// batch of every worker reserve its size.
+    const MAX: usize = 8 << 20;
 
     fn get(&self) -> [usize; Target::ALL.len()] {
         self.0
             .each_ref()
-            .map(|s| s.load(Ordering::Relaxed).max(Self::FIRST))
+            .map(|s| s.load(Ordering::Relaxed).clamp(Self::FIRST, Self::MAX))
     }
 
     fn record(&self, batch: &Batch) {
@@ -224,4 +228,37 @@ fn reason(table: &'static str, row: &str, skip: &str) -> Result<&'static str, Ro
             row: row.to_owned(),
             message: format!("unknown skip reason `{skip}`"),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_with(target: Target, bytes: usize) -> Batch {
+        let mut enc = Encoder::with_capacity(bytes);
+        enc.row(1).text(vec![b'x'; bytes]);
+        Batch {
+            out: BTreeMap::from([(target, enc)]),
+            ..Batch::default()
+        }
+    }
+
+    #[test]
+    fn size_hints_follow_the_largest_batch_within_bounds() {
+        let hints = SizeHints::default();
+        assert_eq!(hints.get(), [SizeHints::FIRST; Target::ALL.len()]);
+
+        hints.record(&batch_with(Target::CompatSessions, 3 << 20));
+        hints.record(&batch_with(Target::CompatSessions, 1 << 20));
+        let got = hints.get();
+        assert!(got[Target::CompatSessions as usize] >= 3 << 20);
+        assert_eq!(got[Target::Users as usize], SizeHints::FIRST);
+
+        // One outlier does not make every later batch reserve its size.
+        hints.record(&batch_with(Target::CompatAccessTokens, 64 << 20));
+        assert_eq!(
+            hints.get()[Target::CompatAccessTokens as usize],
+            SizeHints::MAX
+        );
+    }
 }
