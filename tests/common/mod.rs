@@ -389,25 +389,26 @@ fn ensure_template(kind: FixtureKind, force_check: bool) -> String {
     name
 }
 
-fn build_template(kind: FixtureKind, name: &str) {
-    let build = owned_name("s2m_b");
+/// Creates `db` from template0 in `encoding` (C collation) and loads the fixture's files; a
+/// database whose load failed is dropped again.
+fn create_loaded(db: &str, encoding: &str, kind: FixtureKind) -> Result<(), String> {
     admin(&format!(
-        "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'",
-        quote_ident(&build)
+        "CREATE DATABASE {} TEMPLATE template0 ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'",
+        quote_ident(db)
     ))
-    .unwrap_or_else(|e| {
-        panic!(
-            "cannot create database {build} on {}: {e}",
-            describe_server()
-        )
-    });
-
+    .map_err(|e| format!("cannot create database {db} on {}: {e}", describe_server()))?;
     for file in kind.files() {
-        if let Err(e) = load_file(&build, &file) {
-            let _ = drop_database(&build);
-            panic!("building template {name}: {e}");
+        if let Err(e) = load_file(db, &file) {
+            let _ = drop_database(db);
+            return Err(e);
         }
     }
+    Ok(())
+}
+
+fn build_template(kind: FixtureKind, name: &str) {
+    let build = owned_name("s2m_b");
+    create_loaded(&build, "UTF8", kind).unwrap_or_else(|e| panic!("building template {name}: {e}"));
 
     let b = quote_ident(&build);
     admin(&format!(
@@ -525,19 +526,9 @@ impl TestDb {
             with_data: true,
         };
         blocking(move || {
-            let db = TestDb {
-                name: owned_name("s2m_t"),
-                schema,
-            };
-            admin(&format!(
-                "CREATE DATABASE {} TEMPLATE template0 ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'",
-                quote_ident(&db.name)
-            ))
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", db.name));
-            for file in kind.files() {
-                load_file(&db.name, &file).unwrap_or_else(|e| panic!("{e}"));
-            }
-            db
+            let name = owned_name("s2m_t");
+            create_loaded(&name, encoding, kind).unwrap_or_else(|e| panic!("{e}"));
+            TestDb { name, schema }
         })
         .await
     }
