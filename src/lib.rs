@@ -11,6 +11,7 @@ pub mod db;
 pub mod demo;
 pub mod exit;
 pub mod migrate;
+pub mod pipeline;
 pub mod progress;
 pub mod secret;
 pub mod sink;

@@ -118,6 +118,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
     if let Command::Verify = cli.command {
         return verify(g, &l).await;
     }
+    let progress = progress_for(g);
     let report = check::run(&CheckInputs {
         synapse: &l.synapse,
         mas: &l.mas,
@@ -128,6 +129,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             Command::Migrate(m) if !m.full_check => check::Scope::Preflight,
             _ => check::Scope::Full,
         },
+        progress: &progress,
     })
     .await?;
     match &cli.command {
@@ -138,7 +140,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(report.exit_code())
         }
-        Command::Migrate(args) => migrate_after_check(g, args, &l, report).await,
+        Command::Migrate(args) => migrate_after_check(g, args, &l, report, &progress).await,
         Command::Demo => unreachable!("demo runs as migrate"),
         Command::Verify => unreachable!("verify returned above"),
     }
@@ -161,6 +163,17 @@ async fn verify(g: &GlobalArgs, l: &Loaded) -> anyhow::Result<u8> {
     Ok(report.exit_code())
 }
 
+/// Bars on a terminal, periodic log lines otherwise, nothing with `--quiet`.
+fn progress_for(g: &GlobalArgs) -> Progress {
+    let draw = !g.quiet
+        && match g.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => std::io::stderr().is_terminal(),
+        };
+    Progress::new(draw, !g.quiet)
+}
+
 fn print_report(g: &GlobalArgs, report: &Report) -> anyhow::Result<()> {
     if !g.quiet || report.exit_code() != exit::OK {
         report.render_human(&mut std::io::stderr().lock())?;
@@ -173,6 +186,7 @@ async fn migrate_after_check(
     args: &MigrateArgs,
     l: &Loaded,
     report: Report,
+    progress: &Progress,
 ) -> anyhow::Result<u8> {
     print_report(g, &report)?;
     let errors = report.errors().count();
@@ -189,14 +203,6 @@ async fn migrate_after_check(
         );
         return Ok(exit::CHECK_WARNINGS);
     }
-    let stderr_tty = std::io::stderr().is_terminal();
-    let draw = !g.quiet
-        && match g.color {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => stderr_tty,
-        };
-    let progress = Progress::new(draw, !g.quiet);
     let opts = MigrateOptions {
         dry_run: args.dry_run,
         seed: args.seed,
@@ -205,7 +211,7 @@ async fn migrate_after_check(
     };
     let sessions = Sessions::default();
     let outcome = tokio::select! {
-        r = migrate::run(&l.synapse_db, &l.mas_db, &l.mas, report.plan.as_ref(), &opts, &progress, &sessions) => Some(r),
+        r = migrate::run(&l.synapse_db, &l.mas_db, &l.mas, report.plan.as_ref(), &opts, progress, &sessions) => Some(r),
         _ = tokio::signal::ctrl_c() => None,
     };
     match outcome {

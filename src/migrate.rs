@@ -12,19 +12,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use crate::check::report::Plan;
 use crate::config::MasConfig;
 use crate::db::ConnectOptions;
+use crate::pipeline::{self, Senders};
 use crate::progress::Progress;
 use crate::sink::tables::Target;
 use crate::sink::{catalog, rebuild, shadow, writer};
 use crate::source::snapshot::{self, LockMode};
-use crate::source::{self, Entity, Query, SessionRead, reader, spill};
-use crate::transform::{self, Ctx, EntityCounts, Ids, Stats};
+use crate::source::{self, Entity};
+use crate::transform::{Ctx, EntityCounts, Ids, Mode, Stats};
 
 /// Advisory lock key of upstream `mas-cli syn2mas` (HKDF of `syn2mas-maswriter`, reference
 /// §1.4): holding it keeps the upstream tool and syn2mas from running at the same time.
@@ -38,11 +39,7 @@ pub const PAUSE_ENV: &str = "SYN2MAS_TEST_PAUSE";
 pub const PAUSE_SECS_ENV: &str = "SYN2MAS_TEST_PAUSE_SECS";
 /// Fixes the migration's "now" (Unix ms) so two test runs produce identical rows.
 pub const NOW_ENV: &str = "SYN2MAS_TEST_NOW_MS";
-/// Forces the number of partitions of the devices/tokens join (a power of two), so tests can
-/// split a small fixture as a large database would be split. Never changes what is written.
-pub const PARTITIONS_ENV: &str = "SYN2MAS_TEST_PARTITIONS";
-
-async fn pause_point(point: &str) {
+pub(crate) async fn pause_point(point: &str) {
     if std::env::var(PAUSE_ENV).is_ok_and(|p| p == point) {
         let secs = std::env::var(PAUSE_SECS_ENV)
             .ok()
@@ -52,9 +49,6 @@ async fn pause_point(point: &str) {
         tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
     }
 }
-
-/// Chunks being transformed at once; with bounded channels this bounds memory.
-const IN_FLIGHT: usize = 3;
 
 /// Encoded bodies queued per MAS table; with `IN_FLIGHT` and the chunk size this is what bounds
 /// memory (a few MiB per table at most), whatever the number of users.
@@ -146,7 +140,7 @@ pub async fn run(
     tracing::debug!(elapsed = ?started.elapsed(), "MAS checked and locked");
     let defs = catalog::read(&main).await?;
 
-    let synapse = open_readers(synapse_db).await?;
+    let synapse = pipeline::open_readers(synapse_db).await?;
     let lock = if opts.dry_run {
         LockMode::AccessShare
     } else {
@@ -156,7 +150,12 @@ pub async fn run(
     for client in &synapse[1..] {
         snapshot::join(client, &snapshot_id).await?;
     }
-    let ctx = Arc::new(context(mas, opts)?);
+    let ctx = Arc::new(context(
+        mas,
+        opts.seed,
+        opts.ignore_missing_auth_providers,
+        Mode::Migrate,
+    )?);
     for client in &synapse {
         // Some reads hash-join millions of rows (owners of threepids and external ids, refresh
         // tokens); with PostgreSQL's default 4 MB they spill to disk in many batches. Only these
@@ -165,7 +164,6 @@ pub async fn run(
             .batch_execute("SET LOCAL work_mem = '256MB'")
             .await
             .context("configuring a Synapse read session")?;
-        source::set_query_params(client, ctx.providers.keys().map(String::as_str)).await?;
     }
     tracing::debug!(elapsed = ?started.elapsed(), "Synapse snapshot open");
     let estimated;
@@ -316,8 +314,13 @@ async fn take_locks(client: &Client) -> anyhow::Result<()> {
 }
 
 /// The transform's context: ids, server name, providers map, "now".
-fn context(mas: &MasConfig, opts: &MigrateOptions) -> anyhow::Result<Ctx> {
-    let ids = match opts.seed {
+pub(crate) fn context(
+    mas: &MasConfig,
+    seed: Option<u64>,
+    ignore_missing_auth_providers: bool,
+    mode: Mode,
+) -> anyhow::Result<Ctx> {
+    let ids = match seed {
         Some(seed) => Ids::from_seed(seed),
         None => Ids::random(),
     };
@@ -338,7 +341,8 @@ fn context(mas: &MasConfig, opts: &MigrateOptions) -> anyhow::Result<Ctx> {
         &mas.homeserver,
         now_ms,
         providers,
-        opts.ignore_missing_auth_providers,
+        ignore_missing_auth_providers,
+        mode,
     ))
 }
 
@@ -378,7 +382,7 @@ async fn spawn_writers(
     mas_db: &ConnectOptions,
     runner: &Arc<rebuild::Runner>,
     sessions: &Sessions,
-) -> anyhow::Result<(BTreeMap<Target, mpsc::Sender<Vec<u8>>>, Writers)> {
+) -> anyhow::Result<(Senders, Writers)> {
     let mut senders = BTreeMap::new();
     let mut writers = Vec::new();
     let clients = open_sessions(mas_db, Target::ALL.len(), sessions).await?;
@@ -400,321 +404,23 @@ async fn spawn_writers(
     Ok((senders, writers))
 }
 
-/// A stage: a query and the targets that no later stage writes (their writers are closed when
-/// the stage ends, so their rebuild can start while other stages load).
-type Stage = (Query, &'static [Target]);
-
-const SESSION_TARGETS: &[Target] = &[
-    Target::CompatSessions,
-    Target::CompatAccessTokens,
-    Target::CompatRefreshTokens,
-];
-
-/// The accounts lane: users first (their trigram index is the longest single rebuild job),
-/// then threepids and external ids, whose index builds fill the time the rebuild sessions
-/// would otherwise wait for the devices/tokens stage.
-const ACCOUNT_STAGES: [Stage; 3] = [
-    (Query::Users, &[Target::Users, Target::UserPasswords]),
-    (
-        Query::Threepids,
-        &[Target::UserEmails, Target::UserUnsupportedThirdPartyIds],
-    ),
-    (Query::ExternalIds, &[Target::UpstreamOauthLinks]),
-];
-
-/// Synapse sessions on the one snapshot: one per devices/tokens read (they stream at the same
-/// time), then the accounts lane's.
-const READERS: usize = SessionRead::ALL.len() + 1;
-
-async fn open_readers(synapse_db: &ConnectOptions) -> anyhow::Result<Vec<Client>> {
-    Ok(futures::future::try_join_all((0..READERS).map(|_| synapse_db.connect("Synapse"))).await?)
-}
-
-/// Runs the devices/tokens stage and the accounts lane at once; on the first error the other
-/// is dropped (its reads stop with it) and the error returned. A writer ends when every stage
-/// writing its table has closed its sender.
+/// Streams every read through the transform into the writers, then ends the Synapse read
+/// transactions.
 async fn load(
     synapse: &[Client],
     ctx: &Arc<Ctx>,
     plan: &Plan,
     progress: &Progress,
-    senders: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
-) -> anyhow::Result<(Stats, BTreeMap<Entity, f64>)> {
-    let (accounts, readers) = synapse
-        .split_last()
-        .context("no Synapse session for the accounts lane")?;
-    let pick = |targets: &mut dyn Iterator<Item = &Target>| -> BTreeMap<_, _> {
-        targets
-            .filter_map(|t| senders.get(t).map(|tx| (*t, tx.clone())))
-            .collect()
-    };
-    let sessions = sessions_stage(
-        readers,
-        ctx,
-        plan,
-        progress,
-        pick(&mut SESSION_TARGETS.iter()),
-    );
-    let lane = run_lane(
-        accounts,
-        ctx,
-        plan,
-        progress,
-        pick(&mut ACCOUNT_STAGES.iter().flat_map(|(_, t)| t.iter())),
-    );
-    // Only the stages hold senders now, so each writer closes as soon as its stage is done.
-    drop(senders);
-    let ((s1, sec1), (s2, sec2)) = tokio::try_join!(sessions, lane)?;
-    let mut stats = s1;
-    stats.merge(&s2);
-    let mut seconds = sec1;
-    seconds.extend(sec2);
-    count_refresh_without_access_token(&readers[0], &mut stats).await?;
+    senders: Senders,
+) -> anyhow::Result<pipeline::Outcome> {
+    let outcome = pipeline::run_all(synapse, ctx, plan, progress, senders).await?;
     for client in synapse {
         client
             .batch_execute("COMMIT")
             .await
             .context("closing the Synapse read transaction")?;
     }
-    Ok((stats, seconds))
-}
-
-/// The accounts lane's stages in order on one Synapse session; seconds are per stage.
-async fn run_lane(
-    synapse: &Client,
-    ctx: &Arc<Ctx>,
-    plan: &Plan,
-    progress: &Progress,
-    mut senders: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
-) -> anyhow::Result<(Stats, BTreeMap<Entity, f64>)> {
-    let mut stats = Stats::default();
-    let mut seconds = BTreeMap::new();
-    for (query, closes) in ACCOUNT_STAGES {
-        let start = Instant::now();
-        let bar = progress.bar(query.name(), stage_rows(plan, query), "rows");
-        let s = run_stage(synapse, ctx, query, &senders, &bar).await?;
-        bar.set_length(bar.position());
-        bar.finish();
-        stats.merge(&s);
-        for e in query.entities() {
-            seconds.insert(*e, start.elapsed().as_secs_f64());
-        }
-        for t in closes {
-            senders.remove(t);
-        }
-        if query == Query::Users {
-            pause_point("after-users").await;
-        }
-    }
-    Ok((stats, seconds))
-}
-
-/// Devices, access tokens and refresh tokens: the three unjoined reads stream at once on their
-/// sessions into partition files, then the partitions are joined and mapped on the transform
-/// workers (`transform::sessions`) and written. The Synapse side is three plain scans; memory
-/// is a few partitions, whatever the number of users.
-async fn sessions_stage(
-    readers: &[Client],
-    ctx: &Arc<Ctx>,
-    plan: &Plan,
-    progress: &Progress,
-    senders: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
-) -> anyhow::Result<(Stats, BTreeMap<Entity, f64>)> {
-    let start = Instant::now();
-    let rows = stage_rows(plan, Query::Sessions) + stage_rows(plan, Query::Users);
-    let parts = std::env::var(PARTITIONS_ENV)
-        .ok()
-        .and_then(|p| p.parse::<usize>().ok())
-        .filter(|p| p.is_power_of_two())
-        .unwrap_or_else(|| spill::partitions_for(rows));
-    spill::make_room_for_files(parts * SessionRead::ALL.len())
-        .context("raising the open-files limit for the partition files")?;
-    let read_bar = progress.bar("devices and tokens: read", rows, "rows");
-    let files = futures::future::try_join_all(
-        SessionRead::ALL
-            .into_iter()
-            .zip(readers)
-            .map(|(read, client)| spill_read(client, read, parts, &read_bar)),
-    )
-    .await?;
-    read_bar.set_length(read_bar.position());
-    read_bar.finish();
-    let mut streams: Vec<_> = files.into_iter().map(Vec::into_iter).collect();
-    let partitions: Vec<[std::fs::File; 3]> = (0..parts)
-        .filter_map(|_| Some([streams[0].next()?, streams[1].next()?, streams[2].next()?]))
-        .collect();
-    let bar = progress.bar(Query::Sessions.name(), parts as u64, "partitions");
-    let stats = run_partitions(ctx, partitions, &senders, &bar).await?;
-    bar.finish();
-    let secs = start.elapsed().as_secs_f64();
-    let seconds = Query::Sessions
-        .entities()
-        .iter()
-        .map(|e| (*e, secs))
-        .collect();
-    Ok((stats, seconds))
-}
-
-/// Streams one unjoined read into `parts` partition files (written off the I/O thread).
-async fn spill_read(
-    client: &Client,
-    read: SessionRead,
-    parts: usize,
-    bar: &indicatif::ProgressBar,
-) -> anyhow::Result<Vec<std::fs::File>> {
-    let (tx, mut rx) = mpsc::channel::<reader::Chunk>(2);
-    let bar = bar.clone();
-    let spilling = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<std::fs::File>> {
-        let mut spill = spill::Spill::new(parts, read.fields())?;
-        while let Some(chunk) = rx.blocking_recv() {
-            bar.inc(spill.add(&chunk.bytes)?);
-        }
-        Ok(spill.finish()?)
-    });
-    let streamed = reader::stream(client, read.sql(), read.fields(), read.name(), tx).await;
-    // A failed spill drops its receiver, which ends the stream early without an error: the
-    // spill's own error is the cause.
-    let files = spilling.await.context("spilling devices and tokens")??;
-    streamed?;
-    Ok(files)
-}
-
-/// Joins and maps each partition on a transform worker, a few at a time, and forwards the
-/// results in order.
-async fn run_partitions(
-    ctx: &Arc<Ctx>,
-    partitions: Vec<[std::fs::File; 3]>,
-    senders: &BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
-    bar: &indicatif::ProgressBar,
-) -> anyhow::Result<Stats> {
-    let (job_tx, job_rx) = mpsc::channel::<Job>(IN_FLIGHT);
-    let ctx = ctx.clone();
-    let dispatch = async move {
-        for files in partitions {
-            let ctx = ctx.clone();
-            if !spawn_job(&job_tx, 1, move || join_partition(&ctx, files)).await {
-                break;
-            }
-        }
-        Ok::<(), anyhow::Error>(())
-    };
-    let ((), stats) = tokio::try_join!(dispatch, forward(job_rx, senders, bar))?;
-    Ok(stats)
-}
-
-fn join_partition(ctx: &Ctx, files: [std::fs::File; 3]) -> anyhow::Result<transform::Batch> {
-    let [o, d, t] = files.map(spill::read_all);
-    let (o, d, t) = (o?, d?, t?);
-    transform::sessions::process_partition(ctx, [&o, &d, &t])
-}
-
-/// Refresh tokens no access token points at are read (counted) and skipped, never streamed.
-async fn count_refresh_without_access_token(
-    synapse: &Client,
-    stats: &mut Stats,
-) -> anyhow::Result<()> {
-    let n: i64 = synapse
-        .query_one(source::REFRESH_WITHOUT_ACCESS_TOKEN, &[])
-        .await
-        .context("counting refresh tokens without an access token")?
-        .get(0);
-    if n > 0 {
-        let c = stats.entities.entry(Entity::RefreshTokens).or_default();
-        c.read += n as u64;
-        *c.skipped.entry("no_access_token").or_default() += n as u64;
-    }
-    Ok(())
-}
-
-/// Rows a stage's query yields at most, from the plan (for the progress bar): the sessions
-/// read yields one row per token plus one per device without tokens.
-fn stage_rows(plan: &Plan, query: Query) -> u64 {
-    let read = |e: &Entity| {
-        plan.entities
-            .iter()
-            .find(|p| p.entity == e.name())
-            .map_or(0, |p| p.read)
-    };
-    query.entities().iter().map(read).sum()
-}
-
-/// A transform job in flight: rows it stands for (progress) and where its batch will arrive.
-type Job = (usize, oneshot::Receiver<anyhow::Result<transform::Batch>>);
-
-/// One single-query stage: the reader streams chunks, rayon workers map them, the results go
-/// to the writers in order. Bounded channels everywhere keep memory flat whatever the table
-/// size.
-async fn run_stage(
-    synapse: &Client,
-    ctx: &Arc<Ctx>,
-    query: Query,
-    senders: &BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
-    bar: &indicatif::ProgressBar,
-) -> anyhow::Result<Stats> {
-    let (sql, fields) = query
-        .read()
-        .with_context(|| format!("`{}` has no single read", query.name()))?;
-    let (chunk_tx, mut chunk_rx) = mpsc::channel::<reader::Chunk>(2);
-    let (job_tx, job_rx) = mpsc::channel::<Job>(IN_FLIGHT);
-    let read = reader::stream(synapse, sql, fields, query.name(), chunk_tx);
-    let ctx = ctx.clone();
-    let dispatch = async move {
-        while let Some(chunk) = chunk_rx.recv().await {
-            let ctx = ctx.clone();
-            let rows = chunk.rows;
-            let work = move || transform::process_chunk(&ctx, query, &chunk.bytes);
-            if !spawn_job(&job_tx, rows, work).await {
-                break;
-            }
-        }
-        Ok::<(), anyhow::Error>(())
-    };
-    let (_, (), stats) = tokio::try_join!(read, dispatch, forward(job_rx, senders, bar))?;
-    Ok(stats)
-}
-
-/// Runs `work` on a transform worker and queues its result for `forward`; `false` when the
-/// collector has stopped (the stage is failing for a reason reported there).
-async fn spawn_job(
-    jobs: &mpsc::Sender<Job>,
-    rows: usize,
-    work: impl FnOnce() -> anyhow::Result<transform::Batch> + Send + 'static,
-) -> bool {
-    let (tx, rx) = oneshot::channel();
-    rayon::spawn(move || {
-        let _ = tx.send(work());
-    });
-    jobs.send((rows, rx)).await.is_ok()
-}
-
-/// Sends each job's encoded bodies to their writers, in job order, and sums the counts.
-async fn forward(
-    mut jobs: mpsc::Receiver<Job>,
-    senders: &BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
-    bar: &indicatif::ProgressBar,
-) -> anyhow::Result<Stats> {
-    let mut stats = Stats::default();
-    while let Some((rows, rx)) = jobs.recv().await {
-        let batch = rx.await.context("transform worker panicked")??;
-        for (target, enc) in batch.out {
-            if enc.is_empty() {
-                continue;
-            }
-            let tx = senders
-                .get(&target)
-                .with_context(|| format!("no open writer for `{}`", target.name()))?;
-            tx.send(enc.into_bytes())
-                .await
-                .map_err(|_| anyhow::anyhow!("the MAS writer for `{}` stopped", target.name()))?;
-        }
-        stats.merge(&batch.stats);
-        bar.inc(rows as u64);
-        // Sizes may be estimates (preflight scope): never show more than 100 %.
-        if bar.length().is_some_and(|len| bar.position() > len) {
-            bar.set_length(bar.position());
-        }
-    }
-    Ok(stats)
+    Ok(outcome)
 }
 
 /// When the load failed because a writer stopped, the writer's own error is the real cause.
@@ -754,14 +460,7 @@ fn verify_written(stats: &Stats, written: &BTreeMap<Target, u64>) -> anyhow::Res
 /// The per-entity summary, asserting that every row read was migrated or skipped.
 fn summarise(stats: &Stats, seconds: &BTreeMap<Entity, f64>) -> anyhow::Result<Vec<EntitySummary>> {
     let mut out = Vec::new();
-    for e in [
-        Entity::Users,
-        Entity::Threepids,
-        Entity::ExternalIds,
-        Entity::Devices,
-        Entity::AccessTokens,
-        Entity::RefreshTokens,
-    ] {
+    for e in source::plan::ORDER {
         let c = stats.entities.get(&e).cloned().unwrap_or_default();
         check_accounted(e, &c)?;
         let secs = seconds.get(&e).copied().unwrap_or(0.0);
