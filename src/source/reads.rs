@@ -14,54 +14,28 @@ pub trait Column<'a>: Sized {
     fn decode(value: Option<&'a [u8]>) -> Result<Self, FieldError>;
 }
 
-impl<'a> Column<'a> for &'a str {
-    fn decode(value: Option<&'a [u8]>) -> Result<Self, FieldError> {
-        field::text(value)
-    }
+/// `impl Column` for a type, decoded by a `field` function.
+macro_rules! column {
+    ($($ty:ty => $decode:expr),+ $(,)?) => {
+        $(impl<'a> Column<'a> for $ty {
+            fn decode(value: Option<&'a [u8]>) -> Result<Self, FieldError> {
+                $decode(value)
+            }
+        })+
+    };
 }
 
-impl<'a> Column<'a> for Option<&'a str> {
-    fn decode(value: Option<&'a [u8]>) -> Result<Self, FieldError> {
-        field::opt_text(value)
-    }
-}
-
-/// Text syn2mas copies into MAS as it is, without decoding it (`field::text_bytes` says why
-/// that is safe).
-impl<'a> Column<'a> for &'a [u8] {
-    fn decode(value: Option<&'a [u8]>) -> Result<Self, FieldError> {
-        field::text_bytes(value)
-    }
-}
-
-impl<'a> Column<'a> for Option<&'a [u8]> {
-    fn decode(value: Option<&'a [u8]>) -> Result<Self, FieldError> {
-        Ok(value)
-    }
-}
-
-impl<'a> Column<'a> for i64 {
-    fn decode(value: Option<&'a [u8]>) -> Result<Self, FieldError> {
-        field::int8(value)
-    }
-}
-
-impl<'a> Column<'a> for Option<i64> {
-    fn decode(value: Option<&'a [u8]>) -> Result<Self, FieldError> {
-        field::opt_int8(value)
-    }
-}
-
-impl<'a> Column<'a> for bool {
-    fn decode(value: Option<&'a [u8]>) -> Result<Self, FieldError> {
-        field::bool(value)
-    }
-}
-
-impl<'a> Column<'a> for Option<bool> {
-    fn decode(value: Option<&'a [u8]>) -> Result<Self, FieldError> {
-        field::opt_bool(value)
-    }
+column! {
+    &'a str => field::text,
+    Option<&'a str> => field::opt_text,
+    // Text syn2mas copies into MAS as it is, without decoding it (`field::text_bytes` says why
+    // that is safe).
+    &'a [u8] => field::text_bytes,
+    Option<&'a [u8]> => |v: Option<&'a [u8]>| Ok::<_, FieldError>(v),
+    i64 => field::int8,
+    Option<i64> => field::opt_int8,
+    bool => field::bool,
+    Option<bool> => field::opt_bool,
 }
 
 /// A column whose bytes do not hold what its declared type promises.

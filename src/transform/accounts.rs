@@ -107,6 +107,29 @@ pub(super) fn skip_for_owner(
     }
 }
 
+/// How a dependent row's checks came out: what it is written with, a skip for its owner, or a
+/// problem.
+pub(super) type Outcome<T> = Result<Result<T, Reason>, RowError>;
+
+/// Applies an [`Outcome`]: the values to write with, or `None` once the row is counted as
+/// skipped (or, when counting, as refused).
+pub(super) fn settle<T>(
+    ctx: &Ctx,
+    batch: &mut Batch,
+    entity: Entity,
+    user_id: &str,
+    outcome: Outcome<T>,
+) -> Result<Option<T>, RowError> {
+    match outcome {
+        Ok(Ok(v)) => Ok(Some(v)),
+        Ok(Err(reason)) => {
+            skip_for_owner(ctx, batch, &[entity], user_id, reason);
+            Ok(None)
+        }
+        Err(err) => batch.refuse(err, &[entity]).map(|()| None),
+    }
+}
+
 /// `users` → `users` (+ `user_passwords`). The user id and the NULL columns are checked before
 /// the appservice skip: `check` reports them on every user.
 pub(super) fn user(ctx: &Ctx, u: &User<'_>, batch: &mut Batch) -> Result<(), RowError> {
@@ -218,13 +241,8 @@ pub(super) fn threepid(ctx: &Ctx, t: &Threepid<'_>, batch: &mut Batch) -> Result
             }
         }
     })();
-    let (lp, creation, created) = match outcome {
-        Ok(Ok(v)) => v,
-        Ok(Err(reason)) => {
-            skip_for_owner(ctx, batch, &[e], t.user_id, reason);
-            return Ok(());
-        }
-        Err(err) => return batch.refuse(err, &[e]),
+    let Some((lp, creation, created)) = settle(ctx, batch, e, t.user_id, outcome)? else {
+        return Ok(());
     };
     let uid = || user_uuid(ctx, lp, creation);
     if t.medium == rules::EMAIL_MEDIUM {
@@ -281,13 +299,8 @@ pub(super) fn external_id(
         let created = micros(e, x.user_id, ulid_ms(creation_ms), "users.creation_ts")?;
         Ok(Ok((provider, lp, creation, created)))
     })();
-    let (provider, lp, creation, created) = match outcome {
-        Ok(Ok(v)) => v,
-        Ok(Err(reason)) => {
-            skip_for_owner(ctx, batch, &[e], x.user_id, reason);
-            return Ok(());
-        }
-        Err(err) => return batch.refuse(err, &[e]),
+    let Some((provider, lp, creation, created)) = settle(ctx, batch, e, x.user_id, outcome)? else {
+        return Ok(());
     };
     batch.emit(Target::UpstreamOauthLinks, |enc| {
         let id = ctx.ids.ulid(

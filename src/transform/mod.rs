@@ -285,6 +285,17 @@ fn each_row<'a, R: Read<'a>>(
     Ok(())
 }
 
+/// Every row of a buffer of `R` tuples, decoded.
+fn decode_all<'a, R: Read<'a>>(bytes: &'a [u8], entity: Entity) -> anyhow::Result<Vec<R>> {
+    let mut slots = Vec::new();
+    let mut rows = Vec::new();
+    each_row(bytes, entity, &mut slots, |r| {
+        rows.push(r);
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
 /// Decodes, maps and encodes (or counts) one chunk of rows of a single-read stage.
 pub fn process_chunk(ctx: &Ctx, query: Query, bytes: &[u8]) -> anyhow::Result<Batch> {
     let mut batch = Batch::new(ctx);

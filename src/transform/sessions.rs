@@ -14,10 +14,12 @@ use std::collections::HashMap;
 /// SipHash was ~5 % of syn2mas's CPU; a random seed keeps crafted user ids from colliding.
 type Hasher = foldhash::fast::RandomState;
 
-use super::accounts::{micros, on_server, orphan, owner_creation, skip_for_owner, user_uuid};
+use super::accounts::{
+    micros, on_server, orphan, owner_creation, settle, skip_for_owner, user_uuid,
+};
 use super::ids::{Kind, ulid_ms};
 use super::rules::{self, Fate, OwnerState, Pair, Reason, SessionTimes, TokenDevice};
-use super::{Batch, Ctx, Note, RowError, each_row};
+use super::{Batch, Ctx, Note, RowError, decode_all};
 use crate::sink::tables::Target;
 use crate::source::Entity;
 use crate::source::reads::{Device, Owner, Token};
@@ -34,29 +36,9 @@ struct Partition<'a> {
 /// Joins one partition (the raw tuples of its owners, devices and tokens) and maps every row.
 /// Memory is this partition's rows plus its output.
 pub fn process_partition(ctx: &Ctx, parts: [&[u8]; 3]) -> anyhow::Result<Batch> {
-    let mut slots = Vec::new();
-    let mut owners = Vec::new();
-    each_row(parts[0], Entity::Users, &mut slots, |o: Owner<'_>| {
-        owners.push(o);
-        Ok(())
-    })?;
-    let mut slots = Vec::new();
-    let mut devices = Vec::new();
-    each_row(parts[1], Entity::Devices, &mut slots, |d: Device<'_>| {
-        devices.push(d);
-        Ok(())
-    })?;
-    let mut slots = Vec::new();
-    let mut tokens = Vec::new();
-    each_row(
-        parts[2],
-        Entity::AccessTokens,
-        &mut slots,
-        |t: Token<'_>| {
-            tokens.push(t);
-            Ok(())
-        },
-    )?;
+    let owners: Vec<Owner<'_>> = decode_all(parts[0], Entity::Users)?;
+    let devices: Vec<Device<'_>> = decode_all(parts[1], Entity::Devices)?;
+    let tokens: Vec<Token<'_>> = decode_all(parts[2], Entity::AccessTokens)?;
     let p = Partition::join(&owners, &devices, &tokens);
     let mut batch = Batch::new(ctx);
     for d in &devices {
@@ -158,13 +140,8 @@ fn device(ctx: &Ctx, p: &Partition<'_>, d: &Device<'_>, batch: &mut Batch) -> Re
             Ok(Ok((last_seen, lp, creation)))
         }
     })();
-    let (last_seen, lp, creation) = match checked {
-        Ok(Ok(v)) => v,
-        Ok(Err(r)) => {
-            skip_for_owner(ctx, batch, &[e], d.user_id, r);
-            return Ok(());
-        }
-        Err(err) => return batch.refuse(err, &[e]),
+    let Some((last_seen, lp, creation)) = settle(ctx, batch, e, d.user_id, checked)? else {
+        return Ok(());
     };
     let ip = device_ip(batch, d.ip);
     let admin = owner.is_some_and(|o| o.admin);

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
@@ -21,11 +20,15 @@ use crate::config::MasConfig;
 use crate::db::ConnectOptions;
 use crate::pipeline::{self, Senders};
 use crate::progress::Progress;
+pub use summary::{EntitySummary, Summary};
+use summary::{plan_mismatches, summarise};
+
+mod summary;
 use crate::sink::tables::Target;
 use crate::sink::{catalog, rebuild, shadow, writer};
+use crate::source;
 use crate::source::snapshot::{self, LockMode};
-use crate::source::{self, Entity};
-use crate::transform::{Ctx, EntityCounts, Ids, Mode, Stats};
+use crate::transform::{Ctx, Ids, Mode, Stats};
 
 /// Advisory lock key of upstream `mas-cli syn2mas` (HKDF of `syn2mas-maswriter`, reference
 /// §1.4): holding it keeps the upstream tool and syn2mas from running at the same time.
@@ -84,32 +87,6 @@ impl Sessions {
     fn pids(&self) -> Vec<i32> {
         self.pids.lock().unwrap().clone()
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct EntitySummary {
-    pub entity: String,
-    pub read: u64,
-    pub migrated: u64,
-    pub skipped: BTreeMap<String, u64>,
-    pub seconds: f64,
-    pub rows_per_second: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    pub dry_run: bool,
-    pub entities: Vec<EntitySummary>,
-    /// Rows written to each MAS table.
-    pub mas_rows: BTreeMap<String, u64>,
-    pub invalid_device_ips: u64,
-    pub load_seconds: f64,
-    pub rebuild_seconds: f64,
-    pub swap_seconds: f64,
-    pub total_seconds: f64,
-    pub leftovers_dropped: Vec<String>,
-    /// Differences between `check`'s plan and what was migrated (Synapse changed in between).
-    pub plan_mismatches: Vec<String>,
 }
 
 /// Runs the migration. `plan` is check's exact plan when it computed one (`--full-check`; the
@@ -266,12 +243,13 @@ pub async fn cleanup(mas_db: &ConnectOptions, sessions: &Sessions) -> anyhow::Re
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&UPSTREAM_SYN2MAS_LOCK])
-            .await
-            .context("taking the syn2mas advisory lock on MAS again")?
-            .get(0);
-        if got {
+        if try_lock(
+            &client,
+            UPSTREAM_SYN2MAS_LOCK,
+            "the syn2mas advisory lock (again)",
+        )
+        .await?
+        {
             break;
         }
         if Instant::now() > deadline {
@@ -284,13 +262,17 @@ pub async fn cleanup(mas_db: &ConnectOptions, sessions: &Sessions) -> anyhow::Re
     shadow::drop_leftovers(&client).await
 }
 
-async fn take_locks(client: &Client) -> anyhow::Result<()> {
-    let got: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&UPSTREAM_SYN2MAS_LOCK])
+/// Takes a session-level advisory lock on MAS if it is free.
+async fn try_lock(client: &Client, key: i64, what: &str) -> anyhow::Result<bool> {
+    Ok(client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
         .await
-        .context("taking the syn2mas advisory lock on MAS")?
-        .get(0);
-    if !got {
+        .with_context(|| format!("taking {what} on MAS"))?
+        .get(0))
+}
+
+async fn take_locks(client: &Client) -> anyhow::Result<()> {
+    if !try_lock(client, UPSTREAM_SYN2MAS_LOCK, "the syn2mas advisory lock").await? {
         bail!(
             "another syn2mas (this tool or `mas-cli syn2mas`) is already running against this MAS database"
         );
@@ -300,12 +282,7 @@ async fn take_locks(client: &Client) -> anyhow::Result<()> {
         .await?
         .get(0);
     let migrator_key = 0x3d32_ad9e_i64 * i64::from(crc32fast::hash(db.as_bytes()));
-    let got: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&migrator_key])
-        .await
-        .context("taking MAS's schema-migration advisory lock")?
-        .get(0);
-    if !got {
+    if !try_lock(client, migrator_key, "MAS's schema-migration advisory lock").await? {
         bail!(
             "`mas-cli database migrate` (or MAS starting up) is running against this MAS database; wait for it to finish"
         );
@@ -455,109 +432,4 @@ fn verify_written(stats: &Stats, written: &BTreeMap<Target, u64>) -> anyhow::Res
         }
     }
     Ok(())
-}
-
-/// The per-entity summary, asserting that every row read was migrated or skipped.
-fn summarise(stats: &Stats, seconds: &BTreeMap<Entity, f64>) -> anyhow::Result<Vec<EntitySummary>> {
-    let mut out = Vec::new();
-    for e in source::plan::ORDER {
-        let c = stats.entities.get(&e).cloned().unwrap_or_default();
-        check_accounted(e, &c)?;
-        let secs = seconds.get(&e).copied().unwrap_or(0.0);
-        out.push(EntitySummary {
-            entity: e.name().to_owned(),
-            read: c.read,
-            migrated: c.migrated,
-            skipped: c
-                .skipped
-                .iter()
-                .map(|(r, n)| ((*r).to_owned(), *n))
-                .collect(),
-            seconds: secs,
-            rows_per_second: if secs > 0.0 {
-                c.read as f64 / secs
-            } else {
-                0.0
-            },
-        });
-    }
-    Ok(out)
-}
-
-fn check_accounted(e: Entity, c: &EntityCounts) -> anyhow::Result<()> {
-    if c.read != c.migrated + c.skipped_total() {
-        bail!(
-            "accounting error for `{}`: read {} ≠ migrated {} + skipped {}",
-            e.name(),
-            c.read,
-            c.migrated,
-            c.skipped_total()
-        );
-    }
-    Ok(())
-}
-
-fn plan_mismatches(plan: &Plan, entities: &[EntitySummary]) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in entities {
-        if let Some(p) = plan.entities.iter().find(|p| p.entity == e.entity)
-            && (p.read != e.read || p.migrate != e.migrated)
-        {
-            out.push(format!(
-                "{}: check planned {} read / {} migrated, migrate saw {} / {}",
-                e.entity, p.read, p.migrate, e.read, e.migrated
-            ));
-        }
-    }
-    out
-}
-
-impl Summary {
-    /// The table printed at the end of a run.
-    pub fn render_human(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let title = if self.dry_run {
-            "Dry run complete: everything was migrated, validated and rolled back; MAS is unchanged."
-        } else {
-            "Migration complete."
-        };
-        writeln!(out, "\n{title}\n")?;
-        writeln!(
-            out,
-            "{:<18} {:>10} {:>10} {:>10} {:>8} {:>11}  skipped by reason",
-            "entity", "read", "migrated", "skipped", "seconds", "rows/s"
-        )?;
-        for e in &self.entities {
-            let reasons: Vec<String> = e.skipped.iter().map(|(r, n)| format!("{r}={n}")).collect();
-            writeln!(
-                out,
-                "{:<18} {:>10} {:>10} {:>10} {:>8.2} {:>11.0}  {}",
-                e.entity,
-                e.read,
-                e.migrated,
-                e.skipped.values().sum::<u64>(),
-                e.seconds,
-                e.rows_per_second,
-                reasons.join(", ")
-            )?;
-        }
-        writeln!(out, "\nMAS rows written:")?;
-        for (t, n) in &self.mas_rows {
-            writeln!(out, "  {t:<34} {n:>10}")?;
-        }
-        if self.invalid_device_ips > 0 {
-            writeln!(
-                out,
-                "\n{} device IP addresses could not be parsed and were stored as NULL.",
-                self.invalid_device_ips
-            )?;
-        }
-        for m in &self.plan_mismatches {
-            writeln!(out, "warning: Synapse changed since check: {m}")?;
-        }
-        writeln!(
-            out,
-            "\nload {:.2}s, rebuild {:.2}s (after load), swap {:.2}s, total {:.2}s; read = migrated + skipped for every entity.",
-            self.load_seconds, self.rebuild_seconds, self.swap_seconds, self.total_seconds
-        )
-    }
 }
