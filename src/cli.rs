@@ -63,6 +63,11 @@ pub struct GlobalArgs {
     /// When to use colours and progress bars on the terminal
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+
+    /// Write the JSON summary and, per Synapse table, every skipped or refused row (JSON Lines;
+    /// user ids and keys, never a token, hash or password) into DIR (check, migrate, verify)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -13,6 +13,7 @@ pub mod exit;
 pub mod migrate;
 pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod secret;
 pub mod sink;
 pub mod source;

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -12,6 +13,7 @@ use syn2mas::db::ConnectOptions;
 use syn2mas::exit;
 use syn2mas::migrate::{self, MigrateOptions, Sessions};
 use syn2mas::progress::Progress;
+use syn2mas::report::ReportDir;
 use syn2mas::transform::RowError;
 
 fn main() -> ExitCode {
@@ -115,8 +117,12 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
     }
     let g = &cli.global;
     let l = load(g)?;
+    let report_dir = match &g.report {
+        Some(dir) => Some(Arc::new(ReportDir::create(dir)?)),
+        None => None,
+    };
     if let Command::Verify = cli.command {
-        return verify(g, &l).await;
+        return verify(g, &l, report_dir.as_deref()).await;
     }
     let progress = progress_for(g);
     let report = check::run(&CheckInputs {
@@ -130,6 +136,11 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             _ => check::Scope::Full,
         },
         progress: &progress,
+        // `migrate` reports the rows it skips itself; its check would report them twice.
+        report: match &cli.command {
+            Command::Check => report_dir.clone(),
+            _ => None,
+        },
     })
     .await?;
     match &cli.command {
@@ -138,16 +149,28 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             }
+            if let Some(dir) = &report_dir {
+                dir.finish(&report.to_json())?;
+            }
             Ok(report.exit_code())
         }
-        Command::Migrate(args) => migrate_after_check(g, args, &l, report, &progress).await,
+        Command::Migrate(args) => {
+            let run = Run {
+                g,
+                args,
+                l: &l,
+                progress: &progress,
+                report_dir,
+            };
+            run.migrate_after_check(report).await
+        }
         Command::Demo => unreachable!("demo runs as migrate"),
         Command::Verify => unreachable!("verify returned above"),
     }
 }
 
 /// `syn2mas verify`: the report on stdout (with `--json`: JSON on stdout, text on stderr).
-async fn verify(g: &GlobalArgs, l: &Loaded) -> anyhow::Result<u8> {
+async fn verify(g: &GlobalArgs, l: &Loaded, report_dir: Option<&ReportDir>) -> anyhow::Result<u8> {
     let report = syn2mas::verify::run(&syn2mas::verify::VerifyInputs {
         mas: &l.mas,
         synapse_db: &l.synapse_db,
@@ -159,6 +182,9 @@ async fn verify(g: &GlobalArgs, l: &Loaded) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else if !g.quiet || !report.ok() {
         report.render_human(&mut std::io::stdout().lock())?;
+    }
+    if let Some(dir) = report_dir {
+        dir.finish(&report.to_json())?;
     }
     Ok(report.exit_code())
 }
@@ -181,69 +207,100 @@ fn print_report(g: &GlobalArgs, report: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn migrate_after_check(
-    g: &GlobalArgs,
-    args: &MigrateArgs,
-    l: &Loaded,
-    report: Report,
-    progress: &Progress,
-) -> anyhow::Result<u8> {
-    print_report(g, &report)?;
-    let errors = report.errors().count();
-    let warnings = report.warnings().count();
-    if errors > 0 {
-        eprintln!("Refusing to migrate: the checks found {errors} error(s). Nothing was changed.");
-        return Ok(exit::CHECK_ERRORS);
-    }
-    if warnings > 0 && !args.allow_warnings {
-        let ids: Vec<&str> = report.warnings().map(|w| w.id.as_str()).collect();
-        eprintln!(
-            "Refusing to migrate with warnings ({}). Review them, then run again with --allow-warnings.",
-            ids.join(", ")
-        );
-        return Ok(exit::CHECK_WARNINGS);
-    }
-    let opts = MigrateOptions {
-        dry_run: args.dry_run,
-        seed: args.seed,
-        rebuild_sessions: args.rebuild_sessions,
-        ignore_missing_auth_providers: g.ignore_missing_auth_providers,
-    };
-    let sessions = Sessions::default();
-    let outcome = tokio::select! {
-        r = migrate::run(&l.synapse_db, &l.mas_db, &l.mas, report.plan.as_ref(), &opts, progress, &sessions) => Some(r),
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    match outcome {
-        Some(Ok(summary)) => {
-            if g.json {
-                summary.render_human(&mut std::io::stderr().lock())?;
-                let doc = serde_json::json!({ "check": report.to_json(), "migrate": summary });
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            } else if !g.quiet {
-                summary.render_human(&mut std::io::stdout().lock())?;
+/// A `migrate` after its check: the inputs every outcome needs.
+struct Run<'a> {
+    g: &'a GlobalArgs,
+    args: &'a MigrateArgs,
+    l: &'a Loaded,
+    progress: &'a Progress,
+    report_dir: Option<Arc<ReportDir>>,
+}
+
+impl Run<'_> {
+    /// Writes `--report`'s summary: the check and how the migration ended.
+    fn summary(&self, check: &Report, ended: serde_json::Value) -> anyhow::Result<()> {
+        if let Some(dir) = &self.report_dir {
+            let mut doc = serde_json::json!({ "check": check.to_json() });
+            if let (Some(doc), Some(ended)) = (doc.as_object_mut(), ended.as_object()) {
+                doc.extend(ended.clone());
             }
-            Ok(exit::OK)
+            dir.finish(&doc)?;
         }
-        Some(Err(e)) => {
-            roll_back(&l.mas_db, &sessions).await;
-            if let Some(row) = e.chain().find_map(|c| c.downcast_ref::<RowError>()) {
-                // A row the preflight checks could not see: the same kind of problem `check`
-                // reports as an error, found while reading, so the same exit code.
-                eprintln!(
-                    "Refusing to migrate: {row}.\nNothing was changed in MAS. `syn2mas check` lists \
-                     every such row; fix them in Synapse and run again."
-                );
-                return Ok(exit::CHECK_ERRORS);
-            }
-            Err(e.context("the migration failed; MAS was left exactly as it was before the run"))
-        }
-        None => {
-            roll_back(&l.mas_db, &sessions).await;
+        Ok(())
+    }
+
+    async fn migrate_after_check(&self, report: Report) -> anyhow::Result<u8> {
+        let (g, args, l) = (self.g, self.args, self.l);
+        print_report(g, &report)?;
+        let errors = report.errors().count();
+        let warnings = report.warnings().count();
+        if errors > 0 {
             eprintln!(
-                "Interrupted: the migration was rolled back; MAS is exactly as it was before the run."
+                "Refusing to migrate: the checks found {errors} error(s). Nothing was changed."
             );
-            Ok(exit::INTERRUPTED)
+            self.summary(&report, serde_json::json!({ "refused": "check errors" }))?;
+            return Ok(exit::CHECK_ERRORS);
+        }
+        if warnings > 0 && !args.allow_warnings {
+            let ids: Vec<&str> = report.warnings().map(|w| w.id.as_str()).collect();
+            eprintln!(
+                "Refusing to migrate with warnings ({}). Review them, then run again with --allow-warnings.",
+                ids.join(", ")
+            );
+            self.summary(&report, serde_json::json!({ "refused": "check warnings" }))?;
+            return Ok(exit::CHECK_WARNINGS);
+        }
+        let opts = MigrateOptions {
+            dry_run: args.dry_run,
+            report: self.report_dir.clone(),
+            seed: args.seed,
+            rebuild_sessions: args.rebuild_sessions,
+            ignore_missing_auth_providers: g.ignore_missing_auth_providers,
+        };
+        let sessions = Sessions::default();
+        let outcome = tokio::select! {
+            r = migrate::run(&l.synapse_db, &l.mas_db, &l.mas, report.plan.as_ref(), &opts, self.progress, &sessions) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        match outcome {
+            Some(Ok(summary)) => {
+                if g.json {
+                    summary.render_human(&mut std::io::stderr().lock())?;
+                    let doc = serde_json::json!({ "check": report.to_json(), "migrate": summary });
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                } else if !g.quiet {
+                    summary.render_human(&mut std::io::stdout().lock())?;
+                }
+                self.summary(&report, serde_json::json!({ "migrate": summary }))?;
+                Ok(exit::OK)
+            }
+            Some(Err(e)) => {
+                roll_back(&l.mas_db, &sessions).await;
+                if let Some(row) = e.chain().find_map(|c| c.downcast_ref::<RowError>()) {
+                    // A row the preflight checks could not see: the same kind of problem `check`
+                    // reports as an error, found while reading, so the same exit code.
+                    eprintln!(
+                        "Refusing to migrate: {row}.\nNothing was changed in MAS. `syn2mas check` lists \
+                         every such row; fix them in Synapse and run again."
+                    );
+                    if let Some(dir) = &self.report_dir {
+                        dir.refused(row)?;
+                    }
+                    self.summary(&report, serde_json::json!({ "refused": row.to_string() }))?;
+                    return Ok(exit::CHECK_ERRORS);
+                }
+                self.summary(&report, serde_json::json!({ "failed": format!("{e:#}") }))?;
+                Err(e
+                    .context("the migration failed; MAS was left exactly as it was before the run"))
+            }
+            None => {
+                roll_back(&l.mas_db, &sessions).await;
+                eprintln!(
+                    "Interrupted: the migration was rolled back; MAS is exactly as it was before the run."
+                );
+                self.summary(&report, serde_json::json!({ "interrupted": true }))?;
+                Ok(exit::INTERRUPTED)
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //! and findings (its plan), so there is one path from Synapse rows to MAS rows.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -13,6 +14,7 @@ use tokio_postgres::Client;
 use crate::check::report::Plan;
 use crate::db::ConnectOptions;
 use crate::progress::Progress;
+use crate::report::ReportDir;
 use crate::sink::tables::Target;
 use crate::source::reads::{Device, ExternalId, Owner, Read, Threepid, Token, User};
 use crate::source::{Entity, Query, SessionRead, reader, spill};
@@ -25,8 +27,25 @@ pub const PARTITIONS_ENV: &str = "SYN2MAS_TEST_PARTITIONS";
 /// Chunks being transformed at once; with bounded channels this bounds memory.
 const IN_FLIGHT: usize = 3;
 
-/// Where each stage's results go: one sender per MAS table it writes (none when counting).
-pub type Senders = BTreeMap<Target, mpsc::Sender<Vec<u8>>>;
+/// Where each stage's results go: one sender per MAS table it writes (none when counting), and
+/// the `--report` directory for the rows it skips.
+#[derive(Default, Clone)]
+pub struct Senders {
+    pub writers: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
+    pub report: Option<Arc<ReportDir>>,
+}
+
+impl Senders {
+    /// The senders of `targets` only (and the same report).
+    fn pick<'t>(&self, targets: impl Iterator<Item = &'t Target>) -> Senders {
+        Senders {
+            writers: targets
+                .filter_map(|t| self.writers.get(t).map(|tx| (*t, tx.clone())))
+                .collect(),
+            report: self.report.clone(),
+        }
+    }
+}
 
 /// Counts per entity and seconds per entity of a run of the stages.
 pub type Outcome = (Stats, BTreeMap<Entity, f64>);
@@ -98,17 +117,12 @@ pub async fn run_all(
     let (accounts, session_readers) = readers
         .split_last()
         .context("no Synapse session for the accounts lane")?;
-    let pick = |targets: &mut dyn Iterator<Item = &Target>| -> Senders {
-        targets
-            .filter_map(|t| senders.get(t).map(|tx| (*t, tx.clone())))
-            .collect()
-    };
     let sessions = sessions_stage(
         session_readers,
         ctx,
         plan,
         progress,
-        pick(&mut SESSION_TARGETS.iter()),
+        senders.pick(SESSION_TARGETS.iter()),
     );
     let lane = run_lane(
         accounts,
@@ -116,7 +130,7 @@ pub async fn run_all(
         &ACCOUNT_STAGES,
         plan,
         progress,
-        pick(&mut ACCOUNT_STAGES.iter().flat_map(|(_, t)| t.iter())),
+        senders.pick(ACCOUNT_STAGES.iter().flat_map(|(_, t)| t.iter())),
     );
     // Only the stages hold senders now, so each writer closes as soon as its stage is done.
     drop(senders);
@@ -141,7 +155,7 @@ pub async fn run_preflight(
         &ACCOUNT_STAGES[..2],
         &plan,
         progress,
-        Senders::new(),
+        Senders::default(),
     )
     .await?;
     Ok(stats)
@@ -169,7 +183,7 @@ async fn run_lane(
             seconds.insert(*e, start.elapsed().as_secs_f64());
         }
         for t in *closes {
-            senders.remove(t);
+            senders.writers.remove(t);
         }
         if *query == Query::Users {
             crate::migrate::pause_point("after-users").await;
@@ -351,6 +365,7 @@ async fn forward(
                 continue;
             }
             let tx = senders
+                .writers
                 .get(&target)
                 .with_context(|| format!("no open writer for `{}`", target.name()))?;
             tx.send(enc.into_bytes())
@@ -358,6 +373,9 @@ async fn forward(
                 .map_err(|_| anyhow::anyhow!("the MAS writer for `{}` stopped", target.name()))?;
         }
         stats.merge(&batch.stats);
+        if let Some(report) = &senders.report {
+            report.rows(&batch.skipped_rows)?;
+        }
         bar.inc(rows as u64);
         // Sizes may be estimates (preflight scope): never show more than 100 %.
         if bar.length().is_some_and(|len| bar.position() > len) {

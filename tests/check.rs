@@ -95,6 +95,7 @@ impl Setup {
             ignore_missing_auth_providers,
             scope: check::Scope::Full,
             progress: &syn2mas::progress::Progress::hidden(),
+            report: None,
         })
         .await
         .unwrap_or_else(|e| panic!("check failed: {e:#}"))

@@ -43,6 +43,8 @@ pub struct CheckInputs<'a> {
     pub ignore_missing_auth_providers: bool,
     pub scope: Scope,
     pub progress: &'a Progress,
+    /// `--report DIR`: every skipped or refused row of the full scope's counting run.
+    pub report: Option<Arc<crate::report::ReportDir>>,
 }
 
 /// How much of Synapse's data `check` looks at.
@@ -214,17 +216,22 @@ async fn inspect_synapse(
     }
     // The server name `migrate` extracts localparts with is MAS's, so the rows are checked
     // against it (a differing Synapse `server_name` is E-server-name-config).
-    let ctx = Arc::new(crate::migrate::context(
+    let mut ctx = crate::migrate::context(
         inputs.mas,
         None,
         inputs.ignore_missing_auth_providers,
         Mode::Count,
-    )?);
+    )?;
+    ctx.report = inputs.report.is_some() && inputs.scope == Scope::Full;
+    let ctx = Arc::new(ctx);
     let counted = async {
         match inputs.scope {
             Scope::Full => {
                 let sizes = crate::source::plan::estimate(client).await?;
-                let senders = pipeline::Senders::new();
+                let senders = pipeline::Senders {
+                    report: inputs.report.clone(),
+                    ..pipeline::Senders::default()
+                };
                 let (stats, _) =
                     pipeline::run_all(readers, &ctx, &sizes, inputs.progress, senders).await?;
                 Ok::<_, anyhow::Error>(stats)

@@ -60,6 +60,8 @@ const WRITER_QUEUE: usize = 2;
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
     pub dry_run: bool,
+    /// `--report DIR`: every row the run skips (or the row it refuses).
+    pub report: Option<Arc<crate::report::ReportDir>>,
     pub seed: Option<u64>,
     pub rebuild_sessions: usize,
     pub ignore_missing_auth_providers: bool,
@@ -127,12 +129,14 @@ pub async fn run(
     for client in &synapse[1..] {
         snapshot::join(client, &snapshot_id).await?;
     }
-    let ctx = Arc::new(context(
+    let mut ctx = context(
         mas,
         opts.seed,
         opts.ignore_missing_auth_providers,
         Mode::Migrate,
-    )?);
+    )?;
+    ctx.report = opts.report.is_some();
+    let ctx = Arc::new(ctx);
     for client in &synapse {
         // Some reads hash-join millions of rows (owners of threepids and external ids, refresh
         // tokens); with PostgreSQL's default 4 MB they spill to disk in many batches. Only these
@@ -166,7 +170,8 @@ pub async fn run(
         sessions,
     )
     .await?;
-    let (senders, writers) = spawn_writers(mas_db, &runner, sessions).await?;
+    let (mut senders, writers) = spawn_writers(mas_db, &runner, sessions).await?;
+    senders.report = opts.report.clone();
     tracing::debug!(elapsed = ?started.elapsed(), "MAS sessions open");
 
     let load = load(&synapse, &ctx, plan, progress, senders).await;
@@ -378,6 +383,10 @@ async fn spawn_writers(
             }),
         ));
     }
+    let senders = Senders {
+        writers: senders,
+        report: None,
+    };
     Ok((senders, writers))
 }
 

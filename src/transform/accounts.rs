@@ -2,7 +2,7 @@
 
 use super::ids::{Kind, ulid_ms};
 use super::rules::{self, OwnerState, Reason};
-use super::{Batch, Ctx, Note, Problem, RowError, problem};
+use super::{Batch, Ctx, Note, Problem, RowError, RowRef, problem};
 use crate::db::copy_binary::pg_micros_from_unix_ms;
 use crate::sink::tables::Target;
 use crate::source::Entity;
@@ -96,6 +96,7 @@ pub(super) fn skip_for_owner(
     entities: &[Entity],
     user_id: &str,
     reason: Reason,
+    row: RowRef<'_, '_>,
 ) {
     if reason == Reason::Appservice && rules::appservice_colon(user_id, &ctx.suffix) {
         for e in entities {
@@ -103,7 +104,7 @@ pub(super) fn skip_for_owner(
         }
     }
     for e in entities {
-        batch.skipped(*e, reason);
+        batch.skipped(*e, reason, row);
     }
 }
 
@@ -118,15 +119,16 @@ pub(super) fn settle<T>(
     batch: &mut Batch,
     entity: Entity,
     user_id: &str,
+    row: RowRef<'_, '_>,
     outcome: Outcome<T>,
 ) -> Result<Option<T>, RowError> {
     match outcome {
         Ok(Ok(v)) => Ok(Some(v)),
         Ok(Err(reason)) => {
-            skip_for_owner(ctx, batch, &[entity], user_id, reason);
+            skip_for_owner(ctx, batch, &[entity], user_id, reason, row);
             Ok(None)
         }
-        Err(err) => batch.refuse(err, &[entity]).map(|()| None),
+        Err(err) => batch.refuse(err, &[entity], row).map(|()| None),
     }
 }
 
@@ -147,10 +149,10 @@ pub(super) fn user(ctx: &Ctx, u: &User<'_>, batch: &mut Batch) -> Result<(), Row
             Ok(())
         }
         Ok(None) => {
-            batch.skipped(e, Reason::Appservice);
+            batch.skipped(e, Reason::Appservice, RowRef::User(u));
             Ok(())
         }
-        Err(err) => batch.refuse(err, &[e]),
+        Err(err) => batch.refuse(err, &[e], RowRef::User(u)),
     }
 }
 
@@ -241,7 +243,9 @@ pub(super) fn threepid(ctx: &Ctx, t: &Threepid<'_>, batch: &mut Batch) -> Result
             }
         }
     })();
-    let Some((lp, creation, created)) = settle(ctx, batch, e, t.user_id, outcome)? else {
+    let Some((lp, creation, created)) =
+        settle(ctx, batch, e, t.user_id, RowRef::Threepid(t), outcome)?
+    else {
         return Ok(());
     };
     let uid = || user_uuid(ctx, lp, creation);
@@ -299,7 +303,9 @@ pub(super) fn external_id(
         let created = micros(e, x.user_id, ulid_ms(creation_ms), "users.creation_ts")?;
         Ok(Ok((provider, lp, creation, created)))
     })();
-    let Some((provider, lp, creation, created)) = settle(ctx, batch, e, x.user_id, outcome)? else {
+    let Some((provider, lp, creation, created)) =
+        settle(ctx, batch, e, x.user_id, RowRef::ExternalId(x), outcome)?
+    else {
         return Ok(());
     };
     batch.emit(Target::UpstreamOauthLinks, |enc| {

@@ -31,6 +31,21 @@ pub enum Problem {
     UnmappedProvider,
 }
 
+impl Problem {
+    /// The `check` finding that reports it.
+    pub fn finding_id(self) -> &'static str {
+        use crate::check::ids;
+        match self {
+            Problem::ServerName => ids::SERVER_NAME,
+            Problem::NullUserFields => ids::NULL_USER_FIELDS,
+            Problem::LocalpartColon => ids::LOCALPART_COLON,
+            Problem::Orphan => ids::ORPHAN_ROWS,
+            Problem::TimestampRange => ids::TIMESTAMP_RANGE,
+            Problem::UnmappedProvider => ids::UNMAPPED_PROVIDER,
+        }
+    }
+}
+
 /// Something a migrated or skipped row says that the operator should know before the cutover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Note {

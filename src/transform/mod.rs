@@ -12,6 +12,7 @@ pub mod findings;
 pub mod ids;
 pub mod rules;
 pub mod sessions;
+pub mod skipped;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +24,7 @@ use crate::source::{Entity, Query};
 pub use findings::{Findings, Kind, Note, Problem};
 pub use ids::Ids;
 use rules::Reason;
+pub use skipped::{RowRef, SkippedRow};
 
 /// What the transform produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,8 @@ pub struct Ctx {
     pub providers: HashMap<String, u128>,
     pub ignore_missing_auth_providers: bool,
     pub mode: Mode,
+    /// Keep every skipped or refused row for `--report` ([`Batch::skipped_rows`]).
+    pub report: bool,
     sizes: SizeHints,
 }
 
@@ -91,6 +95,7 @@ impl Ctx {
             providers,
             ignore_missing_auth_providers,
             mode,
+            report: false,
             sizes: SizeHints::default(),
         }
     }
@@ -162,9 +167,12 @@ pub struct Batch {
     pub stats: Stats,
     /// Rows per target (encoded or, in [`Mode::Count`], only counted).
     rows: [u64; Target::ALL.len()],
+    /// Every row skipped or refused, when reporting.
+    pub skipped_rows: Vec<SkippedRow>,
     /// Initial encoder capacity per target (`SizeHints`).
     capacity: [usize; Target::ALL.len()],
     mode: Option<Mode>,
+    report: bool,
 }
 
 impl Batch {
@@ -172,6 +180,7 @@ impl Batch {
         Self {
             capacity: ctx.sizes.get(),
             mode: Some(ctx.mode),
+            report: ctx.report,
             ..Self::default()
         }
     }
@@ -202,10 +211,27 @@ impl Batch {
         c.migrated += 1;
     }
 
-    fn skipped(&mut self, entity: Entity, reason: Reason) {
+    fn skipped(&mut self, entity: Entity, reason: Reason, row: RowRef<'_, '_>) {
         let c = self.stats.entities.entry(entity).or_default();
         c.read += 1;
         *c.skipped.entry(reason.as_str()).or_default() += 1;
+        if self.report {
+            let reason = reason.as_str().to_owned();
+            self.skipped_rows.push(SkippedRow::new(entity, row, reason));
+        }
+    }
+
+    /// Counts a row `migrate` refuses as refused under each of `entities` (counting only).
+    fn refused(&mut self, entities: &[Entity], problem: Problem, row: RowRef<'_, '_>) {
+        for e in entities {
+            let c = self.stats.entities.entry(*e).or_default();
+            c.read += 1;
+            *c.skipped.entry(Reason::Refused.as_str()).or_default() += 1;
+            if self.report {
+                let reason = format!("refused: {}", problem.finding_id());
+                self.skipped_rows.push(SkippedRow::new(*e, row, reason));
+            }
+        }
     }
 
     /// Records a note about a row when counting (`migrate` has no use for them).
@@ -219,16 +245,19 @@ impl Batch {
 
     /// A row `migrate` refuses: the error when migrating; when counting, the problem is
     /// recorded and the row counted as refused under each of `entities`.
-    fn refuse(&mut self, err: RowError, entities: &[Entity]) -> Result<(), RowError> {
+    fn refuse(
+        &mut self,
+        err: RowError,
+        entities: &[Entity],
+        row: RowRef<'_, '_>,
+    ) -> Result<(), RowError> {
         let Some(problem) = err.problem.filter(|_| self.counting()) else {
             return Err(err);
         };
         self.stats
             .findings
             .add(err.entity, Kind::Problem(problem), &err.row);
-        for e in entities {
-            self.skipped(*e, Reason::Refused);
-        }
+        self.refused(entities, problem, row);
         Ok(())
     }
 

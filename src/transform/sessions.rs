@@ -19,7 +19,7 @@ use super::accounts::{
 };
 use super::ids::{Kind, ulid_ms};
 use super::rules::{self, Fate, OwnerState, Pair, Reason, SessionTimes, TokenDevice};
-use super::{Batch, Ctx, Note, RowError, decode_all};
+use super::{Batch, Ctx, Note, Problem, RowError, RowRef, decode_all};
 use crate::sink::tables::Target;
 use crate::source::Entity;
 use crate::source::reads::{Device, Owner, Token};
@@ -119,11 +119,12 @@ fn device_ip(batch: &mut Batch, ip: Option<&str>) -> Option<std::net::IpAddr> {
 /// `devices` → `compat_sessions`. The device's own reasons come before its owner's.
 fn device(ctx: &Ctx, p: &Partition<'_>, d: &Device<'_>, batch: &mut Batch) -> Result<(), RowError> {
     let e = Entity::Devices;
+    let row = RowRef::Device(d);
     if let Err(err) = on_server(ctx, e, d.user_id) {
-        return batch.refuse(err, &[e]);
+        return batch.refuse(err, &[e], row);
     }
     if let Some(r) = rules::device_skip(d.device_id, d.hidden) {
-        batch.skipped(e, r);
+        batch.skipped(e, r, row);
         return Ok(());
     }
     let owner = p.owners.get(d.user_id);
@@ -140,7 +141,7 @@ fn device(ctx: &Ctx, p: &Partition<'_>, d: &Device<'_>, batch: &mut Batch) -> Re
             Ok(Ok((last_seen, lp, creation)))
         }
     })();
-    let Some((last_seen, lp, creation)) = settle(ctx, batch, e, d.user_id, checked)? else {
+    let Some((last_seen, lp, creation)) = settle(ctx, batch, e, d.user_id, row, checked)? else {
         return Ok(());
     };
     let ip = device_ip(batch, d.ip);
@@ -172,13 +173,14 @@ fn pg_micros(ulid_ms: i64) -> i64 {
 /// One row of the tokens read: an access token (with its refresh token, if any) or a refresh
 /// token no access token points at.
 fn token(ctx: &Ctx, p: &Partition<'_>, t: &Token<'_>, batch: &mut Batch) -> Result<(), RowError> {
+    let row = RowRef::Token(t);
     let Some(id) = t.id else {
         let e = Entity::RefreshTokens;
         let user_id = t.rt_user_id.unwrap_or(t.user_id);
         if let Err(err) = on_server(ctx, e, user_id) {
-            return batch.refuse(err, &[e]);
+            return batch.refuse(err, &[e], row);
         }
-        batch.skipped(e, Reason::NoAccessToken);
+        batch.skipped(e, Reason::NoAccessToken, row);
         return Ok(());
     };
     let paired = t.rt_id.is_some();
@@ -188,7 +190,7 @@ fn token(ctx: &Ctx, p: &Partition<'_>, t: &Token<'_>, batch: &mut Batch) -> Resu
         &[Entity::AccessTokens]
     };
     if !servers_ok(ctx, t, paired, batch)? {
-        count_refused(batch, entities);
+        batch.refused(entities, Problem::ServerName, row);
         return Ok(());
     }
     let owner = p.owners.get(t.user_id);
@@ -202,7 +204,7 @@ fn token(ctx: &Ctx, p: &Partition<'_>, t: &Token<'_>, batch: &mut Batch) -> Resu
     };
     let times = match token_times(t, state) {
         Ok(v) => v,
-        Err(err) => return batch.refuse(err, entities),
+        Err(err) => return batch.refuse(err, entities, row),
     };
     let fate = if paired {
         let pair = Pair {
@@ -216,9 +218,9 @@ fn token(ctx: &Ctx, p: &Partition<'_>, t: &Token<'_>, batch: &mut Batch) -> Resu
     match fate {
         Fate::Orphan => {
             for e in entities {
-                batch.refuse(orphan(*e, t.user_id), &[])?;
+                batch.refuse(orphan(*e, t.user_id), &[], row)?;
             }
-            count_refused(batch, entities);
+            batch.refused(entities, Problem::Orphan, row);
             Ok(())
         }
         Fate::Skip(r) => {
@@ -227,11 +229,11 @@ fn token(ctx: &Ctx, p: &Partition<'_>, t: &Token<'_>, batch: &mut Batch) -> Resu
                     format!("{} (device {})", t.user_id, t.device_id.unwrap_or(""))
                 });
             }
-            skip_for_owner(ctx, batch, entities, t.user_id, r);
+            skip_for_owner(ctx, batch, entities, t.user_id, r, row);
             Ok(())
         }
         Fate::Migrate => match write_token(ctx, p, t, id, times, owner, batch) {
-            Err(err) => batch.refuse(err, entities),
+            Err(err) => batch.refuse(err, entities, row),
             ok => ok,
         },
     }
@@ -247,17 +249,11 @@ fn servers_ok(ctx: &Ctx, t: &Token<'_>, paired: bool, batch: &mut Batch) -> Resu
         (Entity::RefreshTokens, rt_user),
     ] {
         if let Some(Err(err)) = user_id.map(|u| on_server(ctx, e, u)) {
-            batch.refuse(err, &[])?;
+            batch.refuse(err, &[], RowRef::Token(t))?;
             ok = false;
         }
     }
     Ok(ok)
-}
-
-fn count_refused(batch: &mut Batch, entities: &[Entity]) {
-    for e in entities {
-        batch.skipped(*e, Reason::Refused);
-    }
 }
 
 /// A token's times as `timestamptz` micros: (created from `last_validated`, expires from
