@@ -259,11 +259,11 @@ impl Run<'_> {
         };
         let sessions = Sessions::default();
         let outcome = tokio::select! {
-            r = migrate::run(&l.synapse_db, &l.mas_db, &l.mas, report.plan.as_ref(), &opts, self.progress, &sessions) => Some(r),
-            _ = tokio::signal::ctrl_c() => None,
+            r = migrate::run(&l.synapse_db, &l.mas_db, &l.mas, report.plan.as_ref(), &opts, self.progress, &sessions) => Ok(r),
+            stop = stop_signal() => Err(stop),
         };
         match outcome {
-            Some(Ok(summary)) => {
+            Ok(Ok(summary)) => {
                 if g.json {
                     summary.render_human(&mut std::io::stderr().lock())?;
                     let doc = serde_json::json!({ "check": report.to_json(), "migrate": summary });
@@ -274,8 +274,10 @@ impl Run<'_> {
                 self.summary(&report, serde_json::json!({ "migrate": summary }))?;
                 Ok(exit::OK)
             }
-            Some(Err(e)) => {
-                roll_back(&l.mas_db, &sessions).await;
+            Ok(Err(e)) => {
+                if let Some(code) = self.stopped_or_committed(&sessions, None).await? {
+                    return Ok(code);
+                }
                 if let Some(row) = e.chain().find_map(|c| c.downcast_ref::<RowError>()) {
                     // A row the preflight checks could not see: the same kind of problem `check`
                     // reports as an error, found while reading, so the same exit code.
@@ -293,15 +295,107 @@ impl Run<'_> {
                 Err(e
                     .context("the migration failed; MAS was left exactly as it was before the run"))
             }
-            None => {
-                roll_back(&l.mas_db, &sessions).await;
+            Err(stop) => {
+                if let Some(code) = self.stopped_or_committed(&sessions, Some(stop)).await? {
+                    return Ok(code);
+                }
                 eprintln!(
-                    "Interrupted: the migration was rolled back; MAS is exactly as it was before the run."
+                    "Interrupted by {}: the migration was rolled back; MAS is exactly as it was before the run.",
+                    stop.name()
                 );
-                self.summary(&report, serde_json::json!({ "interrupted": true }))?;
-                Ok(exit::INTERRUPTED)
+                self.summary(&report, serde_json::json!({ "interrupted": stop.name() }))?;
+                Ok(stop.code())
             }
         }
+    }
+
+    /// After a failure or a signal: stops the run's sessions and drops what it built, then
+    /// finds out whether its swap had committed after all (a signal or a lost connection at the
+    /// moment of the COMMIT leaves the run itself unsure). `Some(code)` when the run must end
+    /// with it now: the swap committed (0), or a second signal cut the cleanup short.
+    async fn stopped_or_committed(
+        &self,
+        sessions: &Sessions,
+        first: Option<Stop>,
+    ) -> anyhow::Result<Option<u8>> {
+        let mas_db = &self.l.mas_db;
+        let cleanup = async {
+            roll_back(mas_db, sessions).await;
+            sessions.swap_committed(mas_db).await
+        };
+        let committed = tokio::select! {
+            c = cleanup => c,
+            again = stop_signal() => {
+                eprintln!(
+                    "{} during the cleanup: stopping now. Leftovers of this run (shadow tables \
+                     `syn2mas_new_*`) may remain in MAS; the next syn2mas run drops them first.",
+                    again.name()
+                );
+                return Ok(Some(first.unwrap_or(again).code()));
+            }
+        };
+        if let Ok(Some(true)) = committed {
+            let why = match first {
+                Some(stop) => format!("{} arrived", stop.name()),
+                None => "the connection was lost".to_owned(),
+            };
+            eprintln!(
+                "The migration had committed before {why}: MAS holds the migrated data. \
+                 Run `syn2mas verify` before reopening."
+            );
+            return Ok(Some(exit::OK));
+        }
+        Ok(None)
+    }
+}
+
+/// A signal that stops a run: it is rolled back, and the process exits with 128 + the signal's
+/// number, as a shell would report it.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Interrupt,
+    Terminate,
+    Hangup,
+}
+
+impl Stop {
+    fn code(self) -> u8 {
+        match self {
+            Stop::Interrupt => exit::INTERRUPTED,
+            Stop::Terminate => exit::TERMINATED,
+            Stop::Hangup => exit::HANGUP,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Stop::Interrupt => "SIGINT",
+            Stop::Terminate => "SIGTERM",
+            Stop::Hangup => "SIGHUP",
+        }
+    }
+}
+
+/// The next SIGINT, SIGTERM or SIGHUP. Once this has been called the signals no longer kill
+/// the process: they are delivered here (the Kubernetes, systemd and `docker stop` SIGTERM,
+/// the SIGHUP of a closed SSH session).
+async fn stop_signal() -> Stop {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let recv = |s: &mut Option<tokio::signal::unix::Signal>| {
+        let s = s.take();
+        async move {
+            match s {
+                Some(mut s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Stop::Interrupt,
+        _ = recv(&mut term) => Stop::Terminate,
+        _ = recv(&mut hup) => Stop::Hangup,
     }
 }
 

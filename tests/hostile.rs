@@ -898,35 +898,68 @@ async fn a_synapse_that_still_writes_stops_migrate_but_not_dry_run() {
     writer.batch_execute("ROLLBACK").await.unwrap();
 }
 
-/// SIGINT while the run waits in the middle (shadow tables loaded, rebuild under way): a clean
-/// rollback, exit 130, and MAS exactly as before.
+/// SIGINT, SIGTERM (`docker stop`, systemd, Kubernetes) and SIGHUP (a closed SSH session)
+/// while the run waits in the middle (shadow tables loaded, rebuild under way): the same clean
+/// rollback, exit 128 + the signal's number, and MAS exactly as before.
 #[tokio::test(flavor = "multi_thread")]
-async fn ctrl_c_rolls_back_and_exits_130() {
+async fn signals_roll_back_and_exit_with_their_codes() {
+    let env = Env::new().await;
+    for (signal, name, code) in [
+        (libc::SIGINT, "SIGINT", 130),
+        (libc::SIGTERM, "SIGTERM", 143),
+        (libc::SIGHUP, "SIGHUP", 129),
+    ] {
+        let mut c = env.command(&["migrate", "--allow-warnings", "--seed", "1"]);
+        c.env("SYN2MAS_TEST_PAUSE", "rebuild")
+            .env("SYN2MAS_TEST_PAUSE_SECS", "600");
+        let (mut child, rest) = start_paused(c, "rebuild");
+        assert!(
+            !env.shadow_tables().await.is_empty(),
+            "{name}: paused with shadow tables"
+        );
+        let start = Instant::now();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0);
+        let status = child.wait().unwrap();
+        let err = rest.join().unwrap();
+        assert_eq!(status.code(), Some(code), "{name}: {err}");
+        assert!(
+            err.contains(&format!(
+                "Interrupted by {name}: the migration was rolled back; MAS is exactly as it was before the run."
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(30));
+        env.assert_untouched(name).await;
+    }
+}
+
+/// A signal right after the swap committed: the run finds out that it did (the `users` table
+/// was replaced) and says so with exit 0, instead of claiming a rollback.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signal_after_the_commit_is_reported_truthfully() {
     let env = Env::new().await;
     let mut c = env.command(&["migrate", "--allow-warnings", "--seed", "1"]);
-    c.env("SYN2MAS_TEST_PAUSE", "rebuild")
+    c.env("SYN2MAS_TEST_PAUSE", "committed")
         .env("SYN2MAS_TEST_PAUSE_SECS", "600");
-    let (mut child, rest) = start_paused(c, "rebuild");
-    assert!(
-        !env.shadow_tables().await.is_empty(),
-        "paused with shadow tables"
-    );
-    let start = Instant::now();
+    let (mut child, rest) = start_paused(c, "committed");
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
     let status = child.wait().unwrap();
     let err = rest.join().unwrap();
-    assert_eq!(status.code(), Some(130), "{err}");
+    assert_eq!(status.code(), Some(0), "{err}");
     assert!(
         err.contains(
-            "Interrupted: the migration was rolled back; MAS is exactly as it was before the run."
+            "The migration had committed before SIGTERM arrived: MAS holds the migrated data."
         ),
         "{err}"
     );
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(30));
-    env.assert_untouched("Ctrl-C").await;
+    assert!(!err.contains("rolled back"), "{err}");
+    assert_ne!(env.counts().await, vec![0; 8], "MAS holds the migration");
+    assert!(env.shadow_tables().await.is_empty());
 }
 
 // ------------------------------------------------------------------------------------------------

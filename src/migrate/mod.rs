@@ -74,6 +74,9 @@ pub struct MigrateOptions {
 pub struct Sessions {
     pids: Arc<Mutex<Vec<i32>>>,
     locked: Arc<AtomicBool>,
+    /// The oid of MAS's `users` table before the run: the swap replaces the table, so a
+    /// different oid afterwards means the swap committed.
+    users_oid: Arc<Mutex<Option<u32>>>,
 }
 
 impl Sessions {
@@ -89,6 +92,31 @@ impl Sessions {
     fn pids(&self) -> Vec<i32> {
         self.pids.lock().unwrap().clone()
     }
+
+    async fn remember_users_oid(&self, client: &Client) -> anyhow::Result<()> {
+        let oid = users_oid(client).await?;
+        *self.users_oid.lock().unwrap() = oid;
+        Ok(())
+    }
+
+    /// Whether the run's swap committed, asked on a fresh connection: for when the run was
+    /// interrupted or lost its connection around the swap's COMMIT, whose outcome it cannot
+    /// know by itself. `None` when the run never got as far as looking at MAS.
+    pub async fn swap_committed(&self, mas_db: &ConnectOptions) -> anyhow::Result<Option<bool>> {
+        let Some(before) = *self.users_oid.lock().unwrap() else {
+            return Ok(None);
+        };
+        let client = mas_db.connect("MAS").await?;
+        Ok(Some(users_oid(&client).await? != Some(before)))
+    }
+}
+
+async fn users_oid(client: &Client) -> anyhow::Result<Option<u32>> {
+    Ok(client
+        .query_one("SELECT to_regclass('users')::oid", &[])
+        .await
+        .context("looking up MAS's `users` table")?
+        .get(0))
 }
 
 /// Runs the migration. `plan` is check's exact plan when it computed one (`--full-check`; the
@@ -116,6 +144,7 @@ pub async fn run(
         ));
     }
     shadow::preflight(&main).await?;
+    sessions.remember_users_oid(&main).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "MAS checked and locked");
     let defs = catalog::read(&main).await?;
 
@@ -202,6 +231,8 @@ pub async fn run(
     shadow::swap(&mut main, runner.renames(), !opts.dry_run).await?;
     if opts.dry_run {
         shadow::drop_leftovers(&main).await?;
+    } else {
+        pause_point("committed").await;
     }
     let swap_seconds = swap_start.elapsed().as_secs_f64();
     let entities = summarise(&stats, &stage_seconds)?;
