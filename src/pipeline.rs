@@ -20,10 +20,6 @@ use crate::source::reads::{Device, ExternalId, Owner, Read, Threepid, Token, Use
 use crate::source::{Entity, Query, SessionRead, reader, spill};
 use crate::transform::{self, Ctx, Stats};
 
-/// Forces the number of partitions of the devices/tokens join (a power of two), so tests can
-/// split a small fixture as a large database would be split. Never changes what is written.
-pub const PARTITIONS_ENV: &str = "SYN2MAS_TEST_PARTITIONS";
-
 /// Chunks being transformed at once; with bounded channels this bounds memory.
 const IN_FLIGHT: usize = 3;
 
@@ -205,11 +201,7 @@ async fn sessions_stage(
 ) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let rows = stage_rows(plan, Query::Sessions) + stage_rows(plan, Query::Users);
-    let parts = std::env::var(PARTITIONS_ENV)
-        .ok()
-        .and_then(|p| p.parse::<usize>().ok())
-        .filter(|p| p.is_power_of_two())
-        .unwrap_or_else(|| spill::partitions_for(rows));
+    let parts = crate::test_hooks::partitions().unwrap_or_else(|| spill::partitions_for(rows));
     spill::make_room_for_files(parts * SessionRead::ALL.len())
         .context("raising the open-files limit for the partition files")?;
     let read_bar = progress.bar("devices and tokens: read", rows, "rows");
