@@ -299,47 +299,13 @@ fn default_host() -> String {
 }
 
 /// `$USER`, else the name of the effective OS user (libpq's own rule; containers often have no
-/// `$USER`), else `postgres` if even that lookup fails.
+/// `$USER`), else `postgres` if even that lookup fails. `whoami` (already used by tokio-postgres
+/// for the same default) reads the password database for the effective uid, as libpq does.
 fn default_user(env: &dyn Fn(&str) -> Option<String>) -> String {
     env("USER")
         .filter(|u| !u.is_empty())
-        .or_else(|| os_user().map(|u| u.name))
+        .or_else(|| whoami::username().ok())
         .unwrap_or_else(|| "postgres".to_owned())
-}
-
-/// The effective OS user's name and home directory, from the password database.
-struct OsUser {
-    name: String,
-    home: PathBuf,
-}
-
-fn os_user() -> Option<OsUser> {
-    use std::ffi::CStr;
-    use std::os::unix::ffi::OsStrExt;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: `passwd` is plain old data, so all-zero is a valid value for the out-parameter.
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call and `buf.len()` is the size of `buf`; on
-    // success `entry`'s strings point into `buf`, which outlives their use below.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            libc::geteuid(),
-            &mut entry,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() || entry.pw_name.is_null() || entry.pw_dir.is_null() {
-        return None;
-    }
-    // SAFETY: checked non-null above; getpwuid_r writes NUL-terminated strings into `buf`.
-    let (name, home) = unsafe { (CStr::from_ptr(entry.pw_name), CStr::from_ptr(entry.pw_dir)) };
-    Some(OsUser {
-        name: name.to_string_lossy().into_owned(),
-        home: PathBuf::from(std::ffi::OsStr::from_bytes(home.to_bytes())),
-    })
 }
 
 async fn open<T>(
@@ -483,9 +449,7 @@ mod tests {
     #[test]
     fn default_user_falls_back_to_the_os_user() {
         let (_, _, dbname, user) = ConnectOptions::default().effective_with(no_env);
-        let os = os_user()
-            .map(|u| u.name)
-            .unwrap_or_else(|| "postgres".into());
+        let os = whoami::username().unwrap_or_else(|_| "postgres".into());
         assert_eq!(user, os);
         assert_eq!(dbname, os);
     }

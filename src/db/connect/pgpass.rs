@@ -6,7 +6,7 @@
 //! first matching line wins, a unix-socket host matches `localhost`, and a file that group or
 //! others can read is ignored with a warning.
 
-use super::{Target, os_user};
+use super::Target;
 use crate::secret::Secret;
 use std::path::PathBuf;
 
@@ -17,6 +17,8 @@ pub(super) fn password(target: &Target, env: &dyn Fn(&str) -> Option<String>) ->
     lookup(&text, target).map(Secret::new)
 }
 
+/// `$PGPASSFILE`, else `.pgpass` in `$HOME`, else in the home directory from the password
+/// database (std's `home_dir`, which reads the same two places).
 fn file_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     if let Some(path) = env("PGPASSFILE").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(path));
@@ -24,7 +26,7 @@ fn file_path(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let home = env("HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
-        .or_else(|| os_user().map(|u| u.home))?;
+        .or_else(std::env::home_dir)?;
     Some(home.join(".pgpass"))
 }
 
