@@ -210,6 +210,16 @@ mod tests {
     use super::*;
     use crate::secret::Secret;
 
+    /// A self-signed throwaway certificate, shared with `tests/config.rs`.
+    const CERT: &str = include_str!("../../../fixtures/tls/other-root.pem");
+
+    fn refusal(options: ConnectOptions) -> String {
+        match transport(&options, "h") {
+            Err(err) => err,
+            Ok(_) => panic!("expected an error"),
+        }
+    }
+
     #[test]
     fn tls_modes_and_certificate_errors() {
         let socket = ConnectOptions {
@@ -225,43 +235,31 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(transport(&disabled, "h"), Ok(Transport::Plain)));
-        let missing_root = ConnectOptions {
-            ssl_mode: SslMode::VerifyCa,
-            ssl_root_cert: Some(Pem::File("/nonexistent/ca.pem".into())),
-            ..Default::default()
-        };
-        let Err(err) = transport(&missing_root, "h") else {
-            panic!("expected an error")
-        };
         assert_eq!(
-            err,
+            refusal(ConnectOptions {
+                ssl_mode: SslMode::VerifyCa,
+                ssl_root_cert: Some(Pem::File("/nonexistent/ca.pem".into())),
+                ..Default::default()
+            }),
             "cannot read the root certificate file /nonexistent/ca.pem: No such file or directory (os error 2)"
         );
-        let half_identity = ConnectOptions {
-            ssl_mode: SslMode::Require,
-            ssl_cert: Some(Pem::Inline(Secret::new("x"))),
-            ..Default::default()
-        };
-        let Err(err) = transport(&half_identity, "h") else {
-            panic!("expected an error")
-        };
         assert_eq!(
-            err,
+            refusal(ConnectOptions {
+                ssl_mode: SslMode::Require,
+                ssl_cert: Some(Pem::Inline(Secret::new("x"))),
+                ..Default::default()
+            }),
             "a TLS client certificate and its key must be given together"
         );
-        let pkcs1 = ConnectOptions {
-            ssl_mode: SslMode::Require,
-            ssl_cert: Some(Pem::Inline(Secret::new("cert"))),
-            ssl_key: Some(Pem::Inline(Secret::new(
-                "-----BEGIN RSA PRIVATE KEY-----\n",
-            ))),
-            ..Default::default()
-        };
-        let Err(err) = transport(&pkcs1, "h") else {
-            panic!("expected an error")
-        };
         assert_eq!(
-            err,
+            refusal(ConnectOptions {
+                ssl_mode: SslMode::Require,
+                ssl_cert: Some(Pem::Inline(Secret::new("cert"))),
+                ssl_key: Some(Pem::Inline(Secret::new(
+                    "-----BEGIN RSA PRIVATE KEY-----\n"
+                ))),
+                ..Default::default()
+            }),
             "the inline client key must be an unencrypted PKCS#8 PEM key (`-----BEGIN PRIVATE KEY-----`); convert it with `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8`"
         );
         assert_eq!(
@@ -270,31 +268,13 @@ mod tests {
         );
     }
 
-    /// A self-signed throwaway certificate (the one `tests/config.rs` calls `OTHER_ROOT`).
-    const CERT: &str = "-----BEGIN CERTIFICATE-----
-MIIBnDCCAUGgAwIBAgIUGPMdgy8zu5SFg7QHuT13Jt4oHFMwCgYIKoZIzj0EAwIw
-IjEgMB4GA1UEAwwXc3luMm1hcy10ZXN0LW90aGVyLXJvb3QwIBcNMjYxMTI1MDcz
-NTM4WhgPMjEyNjExMDEwNzM1MzhaMCIxIDAeBgNVBAMMF3N5bjJtYXMtdGVzdC1v
-dGhlci1yb290MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEppdNgXLArx6zB7fb
-b3h2SWjN0Sw5EWwrG62Cm5Ag/EKvIjpy6MCNJgtsInJn6NletHm0h2dDWWnDmqhD
-Wk2ic6NTMFEwHQYDVR0OBBYEFHwn4NV4wUrhPf7dKYNJ3XRF7GY7MB8GA1UdIwQY
-MBaAFHwn4NV4wUrhPf7dKYNJ3XRF7GY7MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI
-zj0EAwIDSQAwRgIhAMf1Z/CYQuxBbhP9pma/24OtSaqZliK0VFuzPeGyOQR7AiEA
-kSum5oyhltT/bRD88CWhdFbLvznN0SS1BPnT4Qv8JpM=
------END CERTIFICATE-----
-";
-
     #[test]
     fn pem_bundles() {
         let bundle = format!(
             "# a comment\n{CERT}between\n-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n{CERT}"
         );
-        assert_eq!(
-            certificates(bundle.as_bytes(), "root certificate")
-                .unwrap()
-                .len(),
-            2
-        );
+        let found = certificates(bundle.as_bytes(), "root certificate").unwrap();
+        assert_eq!(found.len(), 2);
         let truncated = &CERT[..CERT.len() / 2];
         let err = certificates(truncated.as_bytes(), "root certificate")
             .err()
