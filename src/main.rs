@@ -14,7 +14,7 @@ use syn2mas::exit;
 use syn2mas::migrate::{self, MigrateOptions, Sessions};
 use syn2mas::progress::Progress;
 use syn2mas::report::ReportDir;
-use syn2mas::transform::RowError;
+use syn2mas::transform::{RowError, Warnings};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -252,6 +252,7 @@ impl Run<'_> {
         }
         let opts = MigrateOptions {
             dry_run: args.dry_run,
+            allow_warnings: args.allow_warnings,
             report: self.report_dir.clone(),
             seed: args.seed,
             rebuild_sessions: args.rebuild_sessions,
@@ -290,6 +291,14 @@ impl Run<'_> {
                     }
                     self.summary(&report, serde_json::json!({ "refused": row.to_string() }))?;
                     return Ok(exit::CHECK_ERRORS);
+                }
+                if let Some(w) = e.chain().find_map(|c| c.downcast_ref::<Warnings>()) {
+                    eprintln!(
+                        "Refusing to migrate with warnings: {w}. Nothing was changed in MAS. \
+                         Review them with `syn2mas check`, then run again with --allow-warnings."
+                    );
+                    self.summary(&report, serde_json::json!({ "refused": w.to_string() }))?;
+                    return Ok(exit::CHECK_WARNINGS);
                 }
                 self.summary(&report, serde_json::json!({ "failed": format!("{e:#}") }))?;
                 Err(e

@@ -29,6 +29,8 @@ const IN_FLIGHT: usize = 3;
 pub struct Senders {
     pub writers: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
     pub report: Option<Arc<ReportDir>>,
+    /// Stop at the first batch with a warning (`migrate` without `--allow-warnings`).
+    pub refuse_warnings: bool,
 }
 
 impl Senders {
@@ -39,6 +41,7 @@ impl Senders {
                 .filter_map(|t| self.writers.get(t).map(|tx| (*t, tx.clone())))
                 .collect(),
             report: self.report.clone(),
+            refuse_warnings: self.refuse_warnings,
         }
     }
 }
@@ -136,25 +139,6 @@ pub async fn run_all(
     let mut seconds = sec1;
     seconds.extend(sec2);
     Ok((stats, seconds))
-}
-
-/// The preflight's reads: users and threepids only, on one session, counting.
-pub async fn run_preflight(
-    synapse: &Client,
-    ctx: &std::sync::Arc<Ctx>,
-    progress: &Progress,
-) -> anyhow::Result<Stats> {
-    let plan = Plan::default();
-    let (stats, _) = run_lane(
-        synapse,
-        ctx,
-        &ACCOUNT_STAGES[..2],
-        &plan,
-        progress,
-        Senders::default(),
-    )
-    .await?;
-    Ok(stats)
 }
 
 /// A lane's stages in order on one Synapse session; seconds are per stage.
@@ -363,6 +347,9 @@ async fn forward(
             tx.send(enc.into_bytes())
                 .await
                 .map_err(|_| anyhow::anyhow!("the MAS writer for `{}` stopped", target.name()))?;
+        }
+        if senders.refuse_warnings && !batch.stats.findings.is_empty() {
+            return Err(transform::Warnings(batch.stats.findings).into());
         }
         stats.merge(&batch.stats);
         if let Some(report) = &senders.report {

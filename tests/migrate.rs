@@ -744,8 +744,11 @@ async fn migrate_refuses_warnings_without_allow_warnings() {
     let env = Env::new(Schema::Project).await;
     let out = env.run(&["migrate"]);
     assert_eq!(out.status.code(), Some(11), "{}", stderr(&out));
+    // The transform meets the fixture's guest first (users are read first) and stops there.
     assert!(
-        stderr(&out).contains("--allow-warnings"),
+        stderr(&out).contains("Refusing to migrate with warnings")
+            && stderr(&out).contains("W-guests in `users`")
+            && stderr(&out).contains("--allow-warnings"),
         "{}",
         stderr(&out)
     );

@@ -43,6 +43,8 @@ const WRITER_QUEUE: usize = 2;
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
     pub dry_run: bool,
+    /// `--allow-warnings`: without it, rows `check` reports as warnings stop the run.
+    pub allow_warnings: bool,
     /// `--report DIR`: every row the run skips (or the row it refuses).
     pub report: Option<Arc<crate::report::ReportDir>>,
     pub seed: Option<u64>,
@@ -148,6 +150,7 @@ pub async fn run(
         Mode::Migrate,
     )?;
     ctx.report = opts.report.is_some();
+    ctx.refuse_warnings = !opts.allow_warnings;
     let ctx = Arc::new(ctx);
     for client in &synapse {
         // Some reads hash-join millions of rows (owners of threepids and external ids, refresh
@@ -184,6 +187,7 @@ pub async fn run(
     .await?;
     let (mut senders, writers) = spawn_writers(mas_db, &runner, sessions).await?;
     senders.report = opts.report.clone();
+    senders.refuse_warnings = !opts.allow_warnings;
     tracing::debug!(elapsed = ?started.elapsed(), "MAS sessions open");
 
     let load = load(&synapse, &ctx, plan, progress, senders).await;
@@ -399,7 +403,7 @@ async fn spawn_writers(
     }
     let senders = Senders {
         writers: senders,
-        report: None,
+        ..Senders::default()
     };
     Ok((senders, writers))
 }
