@@ -1049,8 +1049,8 @@ fn report_lines(dir: &std::path::Path) -> BTreeMap<String, Vec<serde_json::Value
 }
 
 /// `--report DIR` on the fixture: `check` and `migrate` name the same skipped rows, one line
-/// per row with its key and reason, as many as the summaries count; known rows are there; no
-/// token or hash of the fixture appears in any file.
+/// per row with its key and reason, as many as the summaries count; known rows are there;
+/// `verify` writes its summary; no token or hash of the fixture appears in any file.
 #[tokio::test(flavor = "multi_thread")]
 async fn report_lists_every_skipped_row_and_no_secret() {
     let env = Env::new(Schema::Project).await;
@@ -1067,6 +1067,14 @@ async fn report_lists_every_skipped_row_and_no_secret() {
         migrated.to_str().unwrap(),
     ]);
     assert_eq!(migrate.status.code(), Some(0), "{}", stderr(&migrate));
+
+    let verified = dir.path().join("verify");
+    let verify = env.run(&["verify", "--report", verified.to_str().unwrap()]);
+    assert_eq!(verify.status.code(), Some(0), "{}", stderr(&verify));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(verified.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(doc["ok"], true, "{doc}");
 
     let (by_check, by_migrate) = (report_lines(&checked), report_lines(&migrated));
     assert_eq!(
