@@ -421,7 +421,7 @@ async fn sigterm_rolls_back_and_exits_130() {
     let mut child = env
         .command(&["migrate", "--allow-warnings", "--seed", "1"])
         .env("SYN2MAS_TEST_PAUSE", "rebuild")
-        .env("SYN2MAS_TEST_PAUSE_SECS", "600")
+        .env("SYN2MAS_TEST_PAUSE_SECS", "60")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
