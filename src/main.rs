@@ -212,10 +212,13 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
     }
     let g = &cli.global;
     let l = load(g)?;
+    // One listener for the whole run, so that a signal arriving between two steps (after the
+    // checks, before the migration) is not lost.
+    let mut stop = std::pin::pin!(interrupted());
     if let Command::Verify = cli.command {
         return tokio::select! {
             r = verify(g, &l) => r,
-            signal = interrupted() => Ok(interrupted_read_only(g, signal)),
+            signal = stop.as_mut() => Ok(interrupted_read_only(g, signal)),
         };
     }
     let inputs = CheckInputs {
@@ -232,7 +235,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
     let checked = check::run(&inputs);
     let report = tokio::select! {
         r = checked => r?,
-        signal = interrupted() => return Ok(interrupted_read_only(g, signal)),
+        signal = stop.as_mut() => return Ok(interrupted_read_only(g, signal)),
     };
     match &cli.command {
         Command::Check => {
@@ -242,7 +245,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(report.exit_code())
         }
-        Command::Migrate(args) => migrate_after_check(g, args, &l, report).await,
+        Command::Migrate(args) => migrate_after_check(g, args, &l, report, stop).await,
         Command::Demo => unreachable!("demo runs as migrate"),
         Command::Verify | Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("returned above")
@@ -289,6 +292,7 @@ async fn migrate_after_check(
     args: &MigrateArgs,
     l: &Loaded,
     report: Report,
+    stop: std::pin::Pin<&mut impl std::future::Future<Output = &'static str>>,
 ) -> anyhow::Result<u8> {
     print_report(g, &report)?;
     let errors = report.errors().count();
@@ -332,7 +336,7 @@ async fn migrate_after_check(
     let sessions = Sessions::default();
     let outcome = tokio::select! {
         r = migrate::run(&l.synapse_db, &l.mas_db, &l.mas, report.plan.as_ref(), &opts, &progress, &sessions) => Ok(r),
-        signal = interrupted() => Err(signal),
+        signal = stop => Err(signal),
     };
     match outcome {
         Ok(Ok(summary)) => {
