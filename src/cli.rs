@@ -79,6 +79,11 @@ pub struct GlobalArgs {
     /// Format of the log lines on stderr: `json` makes every stderr line one JSON object (for log collectors)
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Write the JSON summary and, per Synapse table, every skipped or refused row (JSON Lines;
+    /// user ids and keys, never a token, hash or password) into DIR (check, migrate, verify)
+    #[arg(long, global = true, value_name = "DIR")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -163,6 +168,7 @@ impl std::fmt::Debug for GlobalArgs {
             .field("quiet", &self.quiet)
             .field("color", &self.color)
             .field("log_format", &self.log_format)
+            .field("report", &self.report)
             .finish()
     }
 }

@@ -8,5 +8,10 @@ pub const FAILURE: u8 = 1;
 pub const CHECK_ERRORS: u8 = 10;
 /// `check` found warnings only (and `migrate` refuses them without `--allow-warnings`).
 pub const CHECK_WARNINGS: u8 = 11;
-/// Interrupted by SIGINT (Ctrl-C); everything was rolled back.
+/// Interrupted by SIGINT (Ctrl-C); everything was rolled back. (128 + the signal number, as a
+/// shell reports a process killed by it.)
 pub const INTERRUPTED: u8 = 130;
+/// Stopped by SIGTERM (`docker stop`, systemd, Kubernetes); everything was rolled back.
+pub const TERMINATED: u8 = 143;
+/// Stopped by SIGHUP (the SSH session or terminal went away); everything was rolled back.
+pub const HANGUP: u8 = 129;

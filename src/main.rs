@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -12,41 +13,15 @@ use syn2mas::db::ConnectOptions;
 use syn2mas::exit;
 use syn2mas::migrate::{self, MigrateOptions, Sessions};
 use syn2mas::progress::Progress;
+use syn2mas::report::ReportDir;
 use syn2mas::transform::RowError;
 
 /// Target of the events that carry what is otherwise plain text on stderr (reports, refusals)
 /// with `--log-format json`; always let through, since the code decides what `-q` hides.
 const STDERR_TARGET: &str = "syn2mas::stderr";
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing(&cli.global);
-    let log_format = cli.global.log_format;
-    // One thread for all I/O: the CPU work runs on rayon's pool, and a single I/O thread saves
-    // the cross-thread wake-ups of the per-row COPY messages (~15 % of syn2mas's CPU at 1M
-    // users with the multi-threaded scheduler), which PostgreSQL needs on a small machine.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            say(
-                log_format,
-                Level::Error,
-                &format!("Error: cannot start the async runtime: {e}"),
-            );
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            say(log_format, Level::Error, &format!("Error: {e:#}"));
-            ExitCode::from(exit::FAILURE)
-        }
-    }
-}
+/// `--log-format`, set once by `init_tracing`.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 #[derive(Clone, Copy)]
 enum Level {
@@ -57,9 +32,9 @@ enum Level {
 
 /// Human text for stderr: as is, or with `--log-format json` as one log record (the text in
 /// `fields.message`), so that every stderr line is a JSON object.
-fn say(format: LogFormat, level: Level, text: &str) {
+fn say(level: Level, text: &str) {
     let text = text.trim_end();
-    match (format, level) {
+    match (LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text), level) {
         (LogFormat::Text, _) => eprintln!("{text}"),
         (LogFormat::Json, Level::Error) => tracing::error!(target: STDERR_TARGET, "{text}"),
         (LogFormat::Json, Level::Warn) => tracing::warn!(target: STDERR_TARGET, "{text}"),
@@ -69,42 +44,41 @@ fn say(format: LogFormat, level: Level, text: &str) {
 
 /// Renders a human report for stderr, then `say`s it.
 fn say_rendered(
-    format: LogFormat,
     level: Level,
     render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
     let mut buf = Vec::new();
     render(&mut buf)?;
-    say(format, level, &String::from_utf8_lossy(&buf));
+    say(level, &String::from_utf8_lossy(&buf));
     Ok(())
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM (`docker stop`, Kubernetes ending a pod), with the
-/// signal's name. Listening also makes the signals work when syn2mas is a container's PID 1,
-/// which the kernel shields from signals it has no handler for.
-async fn interrupted() -> &'static str {
-    #[cfg(unix)]
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.global);
+    // One thread for all I/O: the CPU work runs on rayon's pool, and a single I/O thread saves
+    // the cross-thread wake-ups of the per-row COPY messages (~15 % of syn2mas's CPU at 1M
+    // users with the multi-threaded scheduler), which PostgreSQL needs on a small machine.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            return tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            };
+        Ok(rt) => rt,
+        Err(e) => {
+            say(
+                Level::Error,
+                &format!("Error: cannot start the async runtime: {e}"),
+            );
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            say(Level::Error, &format!("Error: {e:#}"));
+            ExitCode::from(exit::FAILURE)
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
-    "SIGINT"
-}
-
-/// A read-only command stopped by a signal: nothing to undo.
-fn interrupted_read_only(g: &GlobalArgs, signal: &str) -> u8 {
-    say(
-        g.log_format,
-        Level::Warn,
-        &format!("Interrupted by {signal}: stopped; nothing was changed."),
-    );
-    exit::INTERRUPTED
 }
 
 /// Logs go to stderr. Other crates are held at `warn` whatever the verbosity: their debug
@@ -123,6 +97,7 @@ fn init_tracing(g: &GlobalArgs) {
         ColorChoice::Never => false,
         ColorChoice::Auto => std::io::stderr().is_terminal(),
     };
+    let _ = LOG_FORMAT.set(g.log_format);
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -212,15 +187,17 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
     }
     let g = &cli.global;
     let l = load(g)?;
-    // One listener for the whole run, so that a signal arriving between two steps (after the
-    // checks, before the migration) is not lost.
-    let mut stop = std::pin::pin!(interrupted());
+    let report_dir = match &g.report {
+        Some(dir) => Some(Arc::new(ReportDir::create(dir)?)),
+        None => None,
+    };
     if let Command::Verify = cli.command {
         return tokio::select! {
-            r = verify(g, &l) => r,
-            signal = stop.as_mut() => Ok(interrupted_read_only(g, signal)),
+            r = verify(g, &l, report_dir.as_deref()) => r,
+            stop = stop_signal() => Ok(stopped_read_only(stop)),
         };
     }
+    let progress = progress_for(g);
     let inputs = CheckInputs {
         synapse: &l.synapse,
         mas: &l.mas,
@@ -231,11 +208,17 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             Command::Migrate(m) if !m.full_check => check::Scope::Preflight,
             _ => check::Scope::Full,
         },
+        progress: &progress,
+        // `migrate` reports the rows it skips itself; its check would report them twice.
+        report: match &cli.command {
+            Command::Check => report_dir.clone(),
+            _ => None,
+        },
     };
     let checked = check::run(&inputs);
     let report = tokio::select! {
         r = checked => r?,
-        signal = stop.as_mut() => return Ok(interrupted_read_only(g, signal)),
+        stop = stop_signal() => return Ok(stopped_read_only(stop)),
     };
     match &cli.command {
         Command::Check => {
@@ -243,9 +226,21 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             }
+            if let Some(dir) = &report_dir {
+                dir.finish(&report.to_json())?;
+            }
             Ok(report.exit_code())
         }
-        Command::Migrate(args) => migrate_after_check(g, args, &l, report, stop).await,
+        Command::Migrate(args) => {
+            let run = Run {
+                g,
+                args,
+                l: &l,
+                progress: &progress,
+                report_dir,
+            };
+            run.migrate_after_check(report).await
+        }
         Command::Demo => unreachable!("demo runs as migrate"),
         Command::Verify | Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("returned above")
@@ -254,7 +249,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
 }
 
 /// `syn2mas verify`: the report on stdout (with `--json`: JSON on stdout, text on stderr).
-async fn verify(g: &GlobalArgs, l: &Loaded) -> anyhow::Result<u8> {
+async fn verify(g: &GlobalArgs, l: &Loaded, report_dir: Option<&ReportDir>) -> anyhow::Result<u8> {
     let report = syn2mas::verify::run(&syn2mas::verify::VerifyInputs {
         mas: &l.mas,
         synapse_db: &l.synapse_db,
@@ -267,12 +262,38 @@ async fn verify(g: &GlobalArgs, l: &Loaded) -> anyhow::Result<u8> {
         } else {
             Level::Warn
         };
-        say_rendered(g.log_format, level, |w| report.render_human(w))?;
+        say_rendered(level, |w| report.render_human(w))?;
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else if !g.quiet || !report.ok() {
         report.render_human(&mut std::io::stdout().lock())?;
     }
+    if let Some(dir) = report_dir {
+        dir.finish(&report.to_json())?;
+    }
     Ok(report.exit_code())
+}
+
+/// Bars on a terminal, periodic log lines otherwise, nothing with `--quiet`.
+fn progress_for(g: &GlobalArgs) -> Progress {
+    let draw = !g.quiet
+        && match g.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => std::io::stderr().is_terminal(),
+        };
+    Progress::new(draw, !g.quiet).lines_as_logs(g.log_format == LogFormat::Json)
+}
+
+/// `check` or `verify` stopped by a signal: nothing to undo.
+fn stopped_read_only(stop: Stop) -> u8 {
+    say(
+        Level::Warn,
+        &format!(
+            "Interrupted by {}: stopped; nothing was changed.",
+            stop.name()
+        ),
+    );
+    stop.code()
 }
 
 fn print_report(g: &GlobalArgs, report: &Report) -> anyhow::Result<()> {
@@ -282,111 +303,224 @@ fn print_report(g: &GlobalArgs, report: &Report) -> anyhow::Result<()> {
             exit::CHECK_WARNINGS => Level::Warn,
             _ => Level::Error,
         };
-        say_rendered(g.log_format, level, |w| report.render_human(w))?;
+        say_rendered(level, |w| report.render_human(w))?;
     }
     Ok(())
 }
 
-async fn migrate_after_check(
-    g: &GlobalArgs,
-    args: &MigrateArgs,
-    l: &Loaded,
-    report: Report,
-    stop: std::pin::Pin<&mut impl std::future::Future<Output = &'static str>>,
-) -> anyhow::Result<u8> {
-    print_report(g, &report)?;
-    let errors = report.errors().count();
-    let warnings = report.warnings().count();
-    if errors > 0 {
-        say(
-            g.log_format,
-            Level::Error,
-            &format!(
-                "Refusing to migrate: the checks found {errors} error(s). Nothing was changed."
-            ),
-        );
-        return Ok(exit::CHECK_ERRORS);
-    }
-    if warnings > 0 && !args.allow_warnings {
-        let ids: Vec<&str> = report.warnings().map(|w| w.id.as_str()).collect();
-        say(
-            g.log_format,
-            Level::Error,
-            &format!(
-                "Refusing to migrate with warnings ({}). Review them, then run again with --allow-warnings.",
-                ids.join(", ")
-            ),
-        );
-        return Ok(exit::CHECK_WARNINGS);
-    }
-    let stderr_tty = std::io::stderr().is_terminal();
-    let draw = !g.quiet
-        && match g.color {
-            ColorChoice::Always => true,
-            ColorChoice::Never => false,
-            ColorChoice::Auto => stderr_tty,
-        };
-    let progress = Progress::new(draw, !g.quiet).lines_as_logs(g.log_format == LogFormat::Json);
-    let opts = MigrateOptions {
-        dry_run: args.dry_run,
-        seed: args.seed,
-        rebuild_sessions: args.rebuild_sessions,
-        ignore_missing_auth_providers: g.ignore_missing_auth_providers,
-    };
-    let sessions = Sessions::default();
-    let outcome = tokio::select! {
-        r = migrate::run(&l.synapse_db, &l.mas_db, &l.mas, report.plan.as_ref(), &opts, &progress, &sessions) => Ok(r),
-        signal = stop => Err(signal),
-    };
-    match outcome {
-        Ok(Ok(summary)) => {
-            progress.finish();
-            if g.json {
-                say_rendered(g.log_format, Level::Info, |w| summary.render_human(w))?;
-                let doc = serde_json::json!({ "check": report.to_json(), "migrate": summary });
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            } else if !g.quiet {
-                summary.render_human(&mut std::io::stdout().lock())?;
+/// A `migrate` after its check: the inputs every outcome needs.
+struct Run<'a> {
+    g: &'a GlobalArgs,
+    args: &'a MigrateArgs,
+    l: &'a Loaded,
+    progress: &'a Progress,
+    report_dir: Option<Arc<ReportDir>>,
+}
+
+impl Run<'_> {
+    /// Writes `--report`'s summary: the check and how the migration ended.
+    fn summary(&self, check: &Report, ended: serde_json::Value) -> anyhow::Result<()> {
+        if let Some(dir) = &self.report_dir {
+            let mut doc = serde_json::json!({ "check": check.to_json() });
+            if let (Some(doc), Some(ended)) = (doc.as_object_mut(), ended.as_object()) {
+                doc.extend(ended.clone());
             }
-            Ok(exit::OK)
+            dir.finish(&doc)?;
         }
-        Ok(Err(e)) => {
-            roll_back(g, &l.mas_db, &sessions).await;
-            if let Some(row) = e.chain().find_map(|c| c.downcast_ref::<RowError>()) {
-                // A row the preflight checks could not see: the same kind of problem `check`
-                // reports as an error, found while reading, so the same exit code.
-                say(
-                    g.log_format,
-                    Level::Error,
-                    &format!(
-                        "Refusing to migrate: {row}.\nNothing was changed in MAS. `syn2mas check` lists \
-                         every such row; fix them in Synapse and run again."
-                    ),
-                );
-                return Ok(exit::CHECK_ERRORS);
-            }
-            Err(e.context("the migration failed; MAS was left exactly as it was before the run"))
-        }
-        Err(signal) => {
-            roll_back(g, &l.mas_db, &sessions).await;
+        Ok(())
+    }
+
+    async fn migrate_after_check(&self, report: Report) -> anyhow::Result<u8> {
+        let (g, args, l) = (self.g, self.args, self.l);
+        print_report(g, &report)?;
+        let errors = report.errors().count();
+        let warnings = report.warnings().count();
+        if errors > 0 {
             say(
-                g.log_format,
-                Level::Warn,
+                Level::Error,
                 &format!(
-                    "Interrupted: the migration was rolled back; MAS is exactly as it was before the run. ({signal})"
+                    "Refusing to migrate: the checks found {errors} error(s). Nothing was changed."
                 ),
             );
-            Ok(exit::INTERRUPTED)
+            self.summary(&report, serde_json::json!({ "refused": "check errors" }))?;
+            return Ok(exit::CHECK_ERRORS);
         }
+        if warnings > 0 && !args.allow_warnings {
+            let ids: Vec<&str> = report.warnings().map(|w| w.id.as_str()).collect();
+            say(
+                Level::Error,
+                &format!(
+                    "Refusing to migrate with warnings ({}). Review them, then run again with --allow-warnings.",
+                    ids.join(", ")
+                ),
+            );
+            self.summary(&report, serde_json::json!({ "refused": "check warnings" }))?;
+            return Ok(exit::CHECK_WARNINGS);
+        }
+        let opts = MigrateOptions {
+            dry_run: args.dry_run,
+            report: self.report_dir.clone(),
+            seed: args.seed,
+            rebuild_sessions: args.rebuild_sessions,
+            ignore_missing_auth_providers: g.ignore_missing_auth_providers,
+        };
+        let sessions = Sessions::default();
+        let outcome = tokio::select! {
+            r = migrate::run(&l.synapse_db, &l.mas_db, &l.mas, report.plan.as_ref(), &opts, self.progress, &sessions) => Ok(r),
+            stop = stop_signal() => Err(stop),
+        };
+        match outcome {
+            Ok(Ok(summary)) => {
+                self.progress.finish();
+                if g.json {
+                    say_rendered(Level::Info, |w| summary.render_human(w))?;
+                    let doc = serde_json::json!({ "check": report.to_json(), "migrate": summary });
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                } else if !g.quiet {
+                    summary.render_human(&mut std::io::stdout().lock())?;
+                }
+                self.summary(&report, serde_json::json!({ "migrate": summary }))?;
+                Ok(exit::OK)
+            }
+            Ok(Err(e)) => {
+                if let Some(code) = self.stopped_or_committed(&sessions, None).await? {
+                    return Ok(code);
+                }
+                if let Some(row) = e.chain().find_map(|c| c.downcast_ref::<RowError>()) {
+                    // A row the preflight checks could not see: the same kind of problem `check`
+                    // reports as an error, found while reading, so the same exit code.
+                    say(
+                        Level::Error,
+                        &format!(
+                            "Refusing to migrate: {row}.\nNothing was changed in MAS. `syn2mas check` lists \
+                         every such row; fix them in Synapse and run again."
+                        ),
+                    );
+                    if let Some(dir) = &self.report_dir {
+                        dir.refused(row)?;
+                    }
+                    self.summary(&report, serde_json::json!({ "refused": row.to_string() }))?;
+                    return Ok(exit::CHECK_ERRORS);
+                }
+                self.summary(&report, serde_json::json!({ "failed": format!("{e:#}") }))?;
+                Err(e
+                    .context("the migration failed; MAS was left exactly as it was before the run"))
+            }
+            Err(stop) => {
+                if let Some(code) = self.stopped_or_committed(&sessions, Some(stop)).await? {
+                    return Ok(code);
+                }
+                say(
+                    Level::Warn,
+                    &format!(
+                        "Interrupted by {}: the migration was rolled back; MAS is exactly as it was before the run.",
+                        stop.name()
+                    ),
+                );
+                self.summary(&report, serde_json::json!({ "interrupted": stop.name() }))?;
+                Ok(stop.code())
+            }
+        }
+    }
+
+    /// After a failure or a signal: stops the run's sessions and drops what it built, then
+    /// finds out whether its swap had committed after all (a signal or a lost connection at the
+    /// moment of the COMMIT leaves the run itself unsure). `Some(code)` when the run must end
+    /// with it now: the swap committed (0), or a second signal cut the cleanup short.
+    async fn stopped_or_committed(
+        &self,
+        sessions: &Sessions,
+        first: Option<Stop>,
+    ) -> anyhow::Result<Option<u8>> {
+        let mas_db = &self.l.mas_db;
+        let cleanup = async {
+            roll_back(mas_db, sessions).await;
+            sessions.swap_committed(mas_db).await
+        };
+        let committed = tokio::select! {
+            c = cleanup => c,
+            again = stop_signal() => {
+                say(Level::Warn, &format!(
+                    "{} during the cleanup: stopping now. Leftovers of this run (shadow tables \
+                     `syn2mas_new_*`) may remain in MAS; the next syn2mas run drops them first.",
+                    again.name()
+                ));
+                return Ok(Some(first.unwrap_or(again).code()));
+            }
+        };
+        if let Ok(Some(true)) = committed {
+            let why = match first {
+                Some(stop) => format!("{} arrived", stop.name()),
+                None => "the connection was lost".to_owned(),
+            };
+            say(
+                Level::Warn,
+                &format!(
+                    "The migration had committed before {why}: MAS holds the migrated data. \
+                 Run `syn2mas verify` before reopening."
+                ),
+            );
+            return Ok(Some(exit::OK));
+        }
+        Ok(None)
+    }
+}
+
+/// A signal that stops a run: it is rolled back, and the process exits with 128 + the signal's
+/// number, as a shell would report it.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Interrupt,
+    Terminate,
+    Hangup,
+}
+
+impl Stop {
+    fn code(self) -> u8 {
+        match self {
+            Stop::Interrupt => exit::INTERRUPTED,
+            Stop::Terminate => exit::TERMINATED,
+            Stop::Hangup => exit::HANGUP,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Stop::Interrupt => "SIGINT",
+            Stop::Terminate => "SIGTERM",
+            Stop::Hangup => "SIGHUP",
+        }
+    }
+}
+
+/// The next SIGINT, SIGTERM or SIGHUP. Once this has been called the signals no longer kill
+/// the process: they are delivered here (the Kubernetes, systemd and `docker stop` SIGTERM,
+/// the SIGHUP of a closed SSH session).
+async fn stop_signal() -> Stop {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let recv = |s: &mut Option<tokio::signal::unix::Signal>| {
+        let s = s.take();
+        async move {
+            match s {
+                Some(mut s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Stop::Interrupt,
+        _ = recv(&mut term) => Stop::Terminate,
+        _ = recv(&mut hup) => Stop::Hangup,
     }
 }
 
 /// Drops what a failed or interrupted run built. If even that fails (MAS unreachable), the
 /// next run does it first thing, and says so.
-async fn roll_back(g: &GlobalArgs, mas_db: &ConnectOptions, sessions: &Sessions) {
+async fn roll_back(mas_db: &ConnectOptions, sessions: &Sessions) {
     if let Err(e) = migrate::cleanup(mas_db, sessions).await {
         say(
-            g.log_format,
             Level::Warn,
             &format!(
                 "warning: could not drop this run's shadow tables now ({e:#}); the next syn2mas run will drop them before doing anything else"

@@ -94,6 +94,8 @@ impl Setup {
             mas_db: &self.mas_cfg.database,
             ignore_missing_auth_providers,
             scope: check::Scope::Full,
+            progress: &syn2mas::progress::Progress::hidden(),
+            report: None,
         })
         .await
         .unwrap_or_else(|e| panic!("check failed: {e:#}"))

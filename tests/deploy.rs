@@ -552,7 +552,7 @@ async fn steps_stop_at_warnings_unless_allowed_then_run_all_four() {
 }
 
 /// Kubernetes sends SIGTERM to PID 1, here the shell: it must reach syn2mas, whose rollback
-/// the shell waits for, and the pod's exit code must be syn2mas's 130.
+/// the shell waits for, and the pod's exit code must be syn2mas's 143.
 #[tokio::test(flavor = "multi_thread")]
 async fn steps_pass_sigterm_on_and_exit_with_the_rollback_code() {
     let env = Env::new().await;
@@ -608,11 +608,14 @@ async fn steps_pass_sigterm_on_and_exit_with_the_rollback_code() {
         rest.push(l);
     }
     let rest = rest.join("\n");
-    assert_eq!(status.code(), Some(130), "{status:?}: {rest}");
+    assert_eq!(status.code(), Some(143), "{status:?}: {rest}");
     assert!(rest.contains("received SIGTERM: passing it on"), "{rest}");
-    assert!(rest.contains("(SIGTERM)"), "syn2mas saw it: {rest}");
     assert!(
-        rest.contains("step migrate: exit 130 (interrupted: rolled back); stopping"),
+        rest.contains("Interrupted by SIGTERM: the migration was rolled back"),
+        "syn2mas saw it: {rest}"
+    );
+    assert!(
+        rest.contains("step migrate: exit 143 (stopped by SIGTERM: rolled back); stopping"),
         "{rest}"
     );
     assert_eq!(env.mas_rows().await, 0, "MAS untouched");

@@ -950,6 +950,162 @@ async fn the_catalogue_tells_text_indexes_from_uuid_ones() {
 /// The devices/tokens join runs partition by partition (rows routed by user id): however many
 /// partitions the rows are split into, the rows written must be exactly those of one
 /// partition (every session, token, refresh pair and skip).
+/// `check`'s plan is the migration's own transform run in counting mode; this holds it to what
+/// `migrate` then does, on the fixture with every edge case, on both schemas, with the
+/// devices/tokens join in one partition and split in four: every table's rows read, migrated
+/// and skipped by each reason, and every MAS table's rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_plan_is_exactly_what_migrate_does() {
+    for schema in schemas() {
+        for partitions in ["1", "4"] {
+            let env = Env::new(schema).await;
+            let vars = [("SYN2MAS_TEST_PARTITIONS", partitions)];
+            let check = env.run_with_env(&["check", "--json"], &vars);
+            assert_eq!(check.status.code(), Some(11), "{}", stderr(&check));
+            let migrate = env.run_with_env(
+                &["migrate", "--allow-warnings", "--seed", "1", "--json"],
+                &vars,
+            );
+            assert_eq!(migrate.status.code(), Some(0), "{}", stderr(&migrate));
+            let (check, migrate) = (json(&check), json(&migrate));
+            let skipped: u64 = check["plan"]["entities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|e| e["skip"].as_object().unwrap().values())
+                .map(|n| n.as_u64().unwrap())
+                .sum();
+            assert!(
+                skipped > 10,
+                "{schema}: the fixture skips rows for many reasons"
+            );
+            let diff = common::plan_differences(&check, &migrate);
+            assert!(diff.is_empty(), "{schema}/{partitions}: {diff:#?}");
+        }
+    }
+}
+
+/// The lines of every `<table>.jsonl` of a report directory, sorted, by table.
+fn report_lines(dir: &std::path::Path) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut out = BTreeMap::new();
+    for table in [
+        "users",
+        "user_threepids",
+        "user_external_ids",
+        "devices",
+        "access_tokens",
+        "refresh_tokens",
+    ] {
+        let text = std::fs::read_to_string(dir.join(format!("{table}.jsonl")))
+            .unwrap_or_else(|e| panic!("{table}.jsonl: {e}"));
+        let mut lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{table}: {e}: {l}")))
+            .collect();
+        lines.sort_by_key(|v| v.to_string());
+        out.insert(table.to_owned(), lines);
+    }
+    out
+}
+
+/// `--report DIR` on the fixture: `check` and `migrate` name the same skipped rows, one line
+/// per row with its key and reason, as many as the summaries count; known rows are there; no
+/// token or hash of the fixture appears in any file.
+#[tokio::test(flavor = "multi_thread")]
+async fn report_lists_every_skipped_row_and_no_secret() {
+    let env = Env::new(Schema::Project).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (checked, migrated) = (dir.path().join("check"), dir.path().join("migrate"));
+    let check = env.run(&["check", "--report", checked.to_str().unwrap()]);
+    assert_eq!(check.status.code(), Some(11), "{}", stderr(&check));
+    let migrate = env.run(&[
+        "migrate",
+        "--allow-warnings",
+        "--seed",
+        "1",
+        "--report",
+        migrated.to_str().unwrap(),
+    ]);
+    assert_eq!(migrate.status.code(), Some(0), "{}", stderr(&migrate));
+
+    let (by_check, by_migrate) = (report_lines(&checked), report_lines(&migrated));
+    assert_eq!(
+        by_check, by_migrate,
+        "check and migrate report the same rows"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(migrated.join("summary.json")).unwrap())
+            .unwrap();
+    for e in summary["migrate"]["entities"].as_array().unwrap() {
+        let table = e["entity"].as_str().unwrap();
+        let skipped: u64 = e["skipped"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(by_migrate[table].len() as u64, skipped, "{table}");
+    }
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checked.join("summary.json")).unwrap())
+            .unwrap();
+    assert!(plan["plan"]["entities"].is_array(), "{plan}");
+
+    let has = |table: &str, want: serde_json::Value| {
+        assert!(
+            by_migrate[table].contains(&want),
+            "{table} lacks {want}: {:#?}",
+            by_migrate[table]
+        );
+    };
+    has(
+        "users",
+        serde_json::json!({"user_id": "@_irc_bot:example.com", "reason": "appservice"}),
+    );
+    has(
+        "devices",
+        serde_json::json!({"user_id": "@alice:example.com", "device_id": "NULLHIDDEN", "reason": "hidden"}),
+    );
+    has(
+        "devices",
+        serde_json::json!({"user_id": "@1001:example.com", "device_id": "guest_device", "reason": "guest_device"}),
+    );
+    has(
+        "devices",
+        serde_json::json!({"user_id": "@erin:example.com", "device_id": "ERINPHONE", "reason": "deactivated"}),
+    );
+    has(
+        "user_threepids",
+        serde_json::json!({"user_id": "@_slack_u123:example.com", "medium": "msisdn",
+                           "address": "15555550123", "reason": "appservice"}),
+    );
+    has(
+        "user_external_ids",
+        serde_json::json!({"user_id": "@_irc_bot:example.com", "auth_provider": "oidc-google",
+                           "subject": "irc-bridge-bot-sub", "reason": "appservice"}),
+    );
+    has(
+        "refresh_tokens",
+        serde_json::json!({"user_id": "@alice:example.com", "device_id": "ALICELAPTOP",
+                           "access_token_id": 13, "refresh_token_id": 2, "reason": "superseded"}),
+    );
+    has(
+        "refresh_tokens",
+        serde_json::json!({"user_id": "@alice:example.com", "device_id": "ALICEPHONE",
+                           "refresh_token_id": 6, "reason": "no_access_token"}),
+    );
+    for path in std::fs::read_dir(&migrated)
+        .unwrap()
+        .chain(std::fs::read_dir(&checked).unwrap())
+    {
+        let path = path.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for secret in ["syt_", "syr_", "MDAx", "$2b$", "$2a$"] {
+            assert!(!text.contains(secret), "{} holds {secret}", path.display());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_partitioned_join_writes_the_same_rows_whatever_the_partition_count() {
     for schema in schemas() {

@@ -1,11 +1,10 @@
 //! How syn2mas behaves for operators and their tooling: `--version` with the git commit, shell
 //! completions and man pages generated from the clap definitions, one-line progress when stderr
-//! is not a terminal (`kubectl logs`, `docker logs`), `--log-format json`, and SIGTERM (what
-//! `docker stop` and Kubernetes send) handled like Ctrl-C.
+//! is not a terminal (`kubectl logs`, `docker logs`) and `--log-format json`. (SIGTERM and the
+//! other signals: tests/hostile.rs.)
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -232,20 +231,6 @@ impl Env {
         }
         n
     }
-
-    async fn shadow_tables(&self) -> i64 {
-        let rows = self
-            .mas
-            .client()
-            .await
-            .query_one(
-                "SELECT count(*) FROM pg_class WHERE relname LIKE 'syn2mas_new_%'",
-                &[],
-            )
-            .await
-            .unwrap();
-        rows.get(0)
-    }
 }
 
 /// Every non-empty stderr line as a JSON object; panics naming the first line that is not one.
@@ -387,7 +372,8 @@ async fn progress_is_logged_line_by_line_when_stderr_is_not_a_terminal() {
         .map(|(p, l)| (p.parse::<u64>().unwrap(), l.parse::<u64>().unwrap()))
         .expect("rebuild: POS/LEN");
     assert!(len > 0 && pos <= len, "{pos}/{len}");
-    // Every step finishes with exactly one "done" line.
+    // Every step finishes with a "done" line (the preflight's counting pass over users and
+    // threepids has steps of the same names, so those may come twice); the rebuild exactly once.
     for step in [
         "users",
         "user_threepids",
@@ -395,11 +381,14 @@ async fn progress_is_logged_line_by_line_when_stderr_is_not_a_terminal() {
         "devices and tokens",
         "rebuild",
     ] {
-        let done: Vec<&&str> = progress
+        let done = progress
             .iter()
             .filter(|l| l.starts_with(&format!("{step}: done, ")))
-            .collect();
-        assert_eq!(done.len(), 1, "one done line for {step}:\n{stderr}");
+            .count();
+        assert!(done >= 1, "a done line for {step}:\n{stderr}");
+        if step == "rebuild" {
+            assert_eq!(done, 1, "{stderr}");
+        }
     }
     assert_eq!(env.mas_rows().await, 0, "a dry run");
 
@@ -411,48 +400,4 @@ async fn progress_is_logged_line_by_line_when_stderr_is_not_a_terminal() {
         "{}",
         text(&out.stderr)
     );
-}
-
-/// SIGTERM (`docker stop`, a Kubernetes pod ending) in the middle of a migration: the same clean
-/// rollback as Ctrl-C, exit 130, MAS as before.
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_rolls_back_and_exits_130() {
-    let env = Env::new().await;
-    let mut child = env
-        .command(&["migrate", "--allow-warnings", "--seed", "1"])
-        .env("SYN2MAS_TEST_PAUSE", "rebuild")
-        .env("SYN2MAS_TEST_PAUSE_SECS", "60")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        assert!(Instant::now() < deadline, "never paused");
-        match lines.next() {
-            Some(Ok(l)) if l.contains("paused at rebuild") => break,
-            Some(_) => {}
-            None => panic!("exited before pausing: {:?}", child.wait()),
-        }
-    }
-    assert!(env.shadow_tables().await > 0, "paused with shadow tables");
-    let start = Instant::now();
-    // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let status = child.wait().unwrap();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let rest = rest.join("\n");
-    assert_eq!(status.code(), Some(130), "{rest}");
-    assert!(
-        rest.contains("Interrupted: the migration was rolled back; MAS is exactly as it was before the run. (SIGTERM)"),
-        "{rest}"
-    );
-    eprintln!("SIGTERM to exit: {:?}", start.elapsed());
-    assert!(start.elapsed() < Duration::from_secs(30));
-    assert_eq!(env.shadow_tables().await, 0);
-    assert_eq!(env.mas_rows().await, 0);
 }

@@ -8,7 +8,7 @@
 #   0   every step passed
 #   10  check errors (or rows `migrate` refused, or `verify` found differences): nothing changed
 #   11  check warnings only: review them, then set SYN2MAS_ALLOW_WARNINGS=true
-#   130 interrupted (SIGTERM from Kubernetes or `docker stop`, or Ctrl-C): rolled back
+#   143 stopped by SIGTERM (Kubernetes, `docker stop`): rolled back (130 SIGINT, 129 SIGHUP)
 #   1   anything else (configuration, connection, a failed migration: MAS left as it was)
 #
 # Environment (all optional):
@@ -24,7 +24,7 @@
 #   SYN2MAS_BIN             default syn2mas (from PATH)
 #
 # As PID 1 of its container this shell passes SIGTERM and SIGINT on to the running step, waits
-# for its rollback and exits with its code (130).
+# for its rollback and exits with its code (143 / 130).
 set -u
 
 MAS_CONFIG_FILE="${MAS_CONFIG_FILE:-/config/mas.yaml}"
@@ -50,7 +50,9 @@ meaning() {
         0) echo "ok" ;;
         10) echo "errors: nothing was changed" ;;
         11) echo "warnings: review them, then set SYN2MAS_ALLOW_WARNINGS=true" ;;
-        130) echo "interrupted: rolled back" ;;
+        130) echo "interrupted by SIGINT: rolled back" ;;
+        143) echo "stopped by SIGTERM: rolled back" ;;
+        129) echo "stopped by SIGHUP: rolled back" ;;
         *) echo "failed" ;;
     esac
 }

@@ -15,7 +15,7 @@ pub mod ids;
 pub mod mas_target;
 pub mod providers;
 pub mod report;
-mod sql;
+pub mod row_findings;
 pub mod synapse_data;
 pub mod synapse_schema;
 
@@ -24,8 +24,13 @@ pub use report::{
     ProviderStatus, Report, Severity, SynapseProviderInfo,
 };
 
+use std::sync::Arc;
+
 use crate::config::{MasConfig, SynapseConfig};
 use crate::db::ConnectOptions;
+use crate::pipeline;
+use crate::progress::Progress;
+use crate::transform::{Mode, Stats};
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
@@ -37,6 +42,9 @@ pub struct CheckInputs<'a> {
     pub mas_db: &'a ConnectOptions,
     pub ignore_missing_auth_providers: bool,
     pub scope: Scope,
+    pub progress: &'a Progress,
+    /// `--report DIR`: every skipped or refused row of the full scope's counting run.
+    pub report: Option<Arc<crate::report::ReportDir>>,
 }
 
 /// How much of Synapse's data `check` looks at.
@@ -46,10 +54,10 @@ pub enum Scope {
     #[default]
     /// Every check and the exact plan (`syn2mas check`, `migrate --full-check`).
     Full,
-    /// Configuration, both schemas, MAS's state, providers and one pass over `users`: what
-    /// `migrate` needs before it starts. The row-level checks of the other tables are enforced
-    /// by the migration itself, which stops before MAS sees anything (see
-    /// `synapse_data::preflight`). Saves ~15 s of a 1M-user maintenance window.
+    /// Configuration, both schemas, MAS's state, providers, duplicate tokens, and the
+    /// transform's counting run over `users` and `user_threepids` only: what `migrate` needs
+    /// before it starts. The row-level problems of the other tables are refused by the
+    /// migration's transform itself, which stops before MAS sees anything.
     Preflight,
 }
 
@@ -65,41 +73,38 @@ pub async fn run(inputs: &CheckInputs<'_>) -> Result<Report> {
         inputs.mas_db.connect("MAS"),
     )?;
     tokio::try_join!(begin_read_only(&synapse), begin_read_only(&mas))?;
-    let planner = match inputs.scope {
-        Scope::Full => {
-            let planner = inputs.synapse_db.connect("Synapse").await?;
-            share_snapshot(&synapse, &planner).await?;
-            Some(planner)
-        }
-        Scope::Preflight => None,
+    let readers = match inputs.scope {
+        Scope::Full => share_snapshot(&synapse, inputs.synapse_db).await?,
+        Scope::Preflight => Vec::new(),
     };
-    let report = inspect(inputs, &synapse, planner.as_ref(), &mas).await?;
+    let report = inspect(inputs, &synapse, &readers, &mas).await?;
     tokio::try_join!(finish(&synapse, "Synapse"), finish(&mas, "MAS"))?;
-    if let Some(planner) = &planner {
-        finish(planner, "Synapse").await?;
+    for reader in &readers {
+        finish(reader, "Synapse").await?;
     }
     Ok(report)
 }
 
-/// The plan's aggregates are the most expensive part of `check`; a second Synapse session
-/// computes them while the first runs the data checks, both on the same snapshot so their
-/// figures agree. Both get enough `work_mem` that the hash joins over millions of rows stay
-/// in memory (their own transaction only).
-async fn share_snapshot(first: &Client, second: &Client) -> Result<()> {
+/// The plan reads every row through the migration's own pipeline, on the reader sessions
+/// `migrate` would use, all on the snapshot of the first session so the figures agree with the
+/// other checks. Each gets enough `work_mem` for the owner joins of threepids and external ids
+/// (their own transaction only).
+async fn share_snapshot(first: &Client, synapse_db: &ConnectOptions) -> Result<Vec<Client>> {
     let snapshot: String = first
         .query_one("SELECT pg_export_snapshot()", &[])
         .await
         .context("exporting the Synapse snapshot")?
         .get(0);
-    crate::source::snapshot::join(second, &snapshot).await?;
-    for c in [first, second] {
+    let readers = pipeline::open_readers(synapse_db).await?;
+    for c in &readers {
+        crate::source::snapshot::join(c, &snapshot).await?;
         c.batch_execute(&format!(
             "SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'; SET LOCAL work_mem = '256MB'"
         ))
         .await
         .context("configuring a Synapse session")?;
     }
-    Ok(())
+    Ok(readers)
 }
 
 /// All checks, on connections already inside their read-only transactions. Report order:
@@ -107,17 +112,16 @@ async fn share_snapshot(first: &Client, second: &Client) -> Result<()> {
 async fn inspect(
     inputs: &CheckInputs<'_>,
     synapse: &Client,
-    planner: Option<&Client>,
+    readers: &[Client],
     mas: &Client,
 ) -> Result<Report> {
     let (syn_db, mas_db) = tokio::try_join!(
         describe(synapse, "synapse", inputs.synapse_db),
         describe(mas, "mas", inputs.mas_db),
     )?;
-    let ((schema_findings, syn_facts), mas_facts, plan) = tokio::try_join!(
-        inspect_synapse(synapse, inputs.mas, inputs.scope),
+    let ((schema_findings, syn_facts), mas_facts) = tokio::try_join!(
+        inspect_synapse(inputs, synapse, readers),
         mas_target::inspect(mas, &mas_db),
-        plan_if_usable(planner, inputs.mas),
     )?;
     let mut report = Report {
         scope: inputs.scope,
@@ -127,9 +131,13 @@ async fn inspect(
     };
     report.findings.extend(mas_facts.findings);
     report.findings.extend(schema_findings);
-    let Some(facts) = syn_facts else {
+    let Some((facts, counted)) = syn_facts else {
         return Ok(report);
     };
+    report.findings.extend(row_findings::findings(
+        &counted.findings,
+        &inputs.mas.homeserver,
+    ));
     report.findings.extend(facts.findings);
     let analysis = providers::analyse(
         &facts.providers,
@@ -147,7 +155,9 @@ async fn inspect(
         report.findings.push(finding);
     }
     report.providers = analysis.mappings;
-    report.plan = plan;
+    if inputs.scope == Scope::Full {
+        report.plan = Some(crate::source::plan::from_counts(&counted));
+    }
     Ok(report)
 }
 
@@ -192,55 +202,47 @@ pub(crate) async fn describe(
 }
 
 /// Schema findings, and the data checks when the schema allows them (`None` when the schema
-/// itself is the problem: the data queries would only fail on missing columns).
+/// itself is the problem: the reads would only fail on missing columns): the provider counts
+/// and duplicate tokens, and the transform's counting run (every read for the full scope,
+/// users and threepids for the preflight).
 async fn inspect_synapse(
+    inputs: &CheckInputs<'_>,
     client: &Client,
-    mas: &MasConfig,
-    scope: Scope,
-) -> Result<(Vec<Finding>, Option<synapse_data::SynapseFacts>)> {
+    readers: &[Client],
+) -> Result<(Vec<Finding>, Option<(synapse_data::SynapseFacts, Stats)>)> {
     let schema = synapse_schema::inspect(client).await?;
     if !schema.is_empty() {
         return Ok((schema, None));
     }
-    // The server name `migrate` extracts localparts with is MAS's, so the data is checked
+    // The server name `migrate` extracts localparts with is MAS's, so the rows are checked
     // against it (a differing Synapse `server_name` is E-server-name-config).
-    let facts = match scope {
-        Scope::Full => synapse_data::inspect(client, &mas.homeserver).await?,
-        Scope::Preflight => synapse_data::preflight(client, &mas.homeserver).await?,
+    let mut ctx = crate::migrate::context(
+        inputs.mas,
+        None,
+        inputs.ignore_missing_auth_providers,
+        Mode::Count,
+    )?;
+    ctx.report = inputs.report.is_some() && inputs.scope == Scope::Full;
+    let ctx = Arc::new(ctx);
+    let counted = async {
+        match inputs.scope {
+            Scope::Full => {
+                let sizes = crate::source::plan::estimate(client).await?;
+                let senders = pipeline::Senders {
+                    report: inputs.report.clone(),
+                    ..pipeline::Senders::default()
+                };
+                let (stats, _) =
+                    pipeline::run_all(readers, &ctx, &sizes, inputs.progress, senders).await?;
+                Ok::<_, anyhow::Error>(stats)
+            }
+            Scope::Preflight => pipeline::run_preflight(client, &ctx, inputs.progress).await,
+        }
     };
-    Ok((schema, Some(facts)))
-}
-
-/// The plan, unless the Synapse schema is one the queries cannot run on (the schema checks
-/// report that) or there is no planner session (preflight scope).
-async fn plan_if_usable(client: Option<&Client>, mas: &MasConfig) -> Result<Option<Plan>> {
-    let Some(client) = client else {
-        return Ok(None);
+    let (facts, counted) = match inputs.scope {
+        // The preflight's reads share the one session with the other queries.
+        Scope::Preflight => (synapse_data::inspect(client).await?, counted.await?),
+        Scope::Full => tokio::try_join!(synapse_data::inspect(client), counted)?,
     };
-    if !synapse_schema::inspect(client).await?.is_empty() {
-        return Ok(None);
-    }
-    plan(client, mas).await.map(Some)
-}
-
-/// The exact per-entity counts, from the migration's own queries.
-async fn plan(client: &Client, mas: &MasConfig) -> Result<Plan> {
-    let params = crate::source::plan::PlanParams {
-        mapped_providers: mapped_providers(mas),
-    };
-    crate::source::plan::plan(client, &params)
-        .await
-        .context("computing the migration plan")
-}
-
-/// `auth_provider` values a MAS provider claims (disabled ones included, as `migrate` maps them).
-fn mapped_providers(mas: &MasConfig) -> Vec<String> {
-    let mut out: Vec<String> = mas
-        .providers
-        .iter()
-        .filter_map(|p| p.synapse_idp_id.clone())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+    Ok((schema, Some((facts, counted))))
 }

@@ -245,17 +245,6 @@ impl Runner {
         self.notify.notify_waiters();
     }
 
-    pub fn timings(&self) -> Vec<JobTiming> {
-        let st = self.state.lock().unwrap();
-        st.done
-            .iter()
-            .map(|(&i, d)| JobTiming {
-                label: self.schedule.jobs[i].label.clone(),
-                seconds: d.as_secs_f64(),
-            })
-            .collect()
-    }
-
     fn ready(&self, st: &State, i: usize) -> bool {
         !st.running.contains(&i)
             && !st.done.contains_key(&i)

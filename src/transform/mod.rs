@@ -1,21 +1,39 @@
-//! Turning chunks of Synapse rows into MAS rows, already encoded for binary COPY.
+//! Turning Synapse rows into MAS rows, already encoded for binary COPY, or only counting them.
 //!
-//! A chunk is decoded, mapped and encoded by one rayon worker, so the only serial part of the
-//! pipeline is the sockets. The mapping follows upstream's (reference §3) except where the
-//! upstream behaviour loses data silently; every row read is counted as written or skipped
-//! with a reason.
+//! A chunk (or a partition of the devices/tokens join) is decoded, mapped and encoded by one
+//! rayon worker, so the only serial part of the pipeline is the sockets. The mapping follows
+//! upstream's (reference §3) except where upstream loses data silently; every row read is
+//! counted as written or skipped with a reason. The rules themselves are in [`rules`]; the
+//! same code runs for `migrate` ([`Mode::Migrate`]) and for `check`'s plan and the preflight
+//! ([`Mode::Count`]), which is why the plan is what `migrate` does.
 
+mod accounts;
+pub mod findings;
 pub mod ids;
-mod rows;
+pub mod rules;
 pub mod sessions;
+pub mod skipped;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::db::copy_binary::{self, Encoder, FieldError, TimestampRange};
+use crate::db::copy_binary::{self, Encoder};
 use crate::sink::tables::Target;
+use crate::source::reads::{ColumnError, Read};
 use crate::source::{Entity, Query};
+pub use findings::{Findings, Kind, Note, Problem};
 pub use ids::Ids;
+use rules::Reason;
+pub use skipped::{RowRef, SkippedRow};
+
+/// What the transform produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Encode every MAS row; the first row `migrate` cannot map stops the run.
+    Migrate,
+    /// Encode nothing; count rows per outcome and record every problem and note (`check`).
+    Count,
+}
 
 /// Everything a worker needs to map rows; shared read-only by all workers of a run.
 #[derive(Debug)]
@@ -28,6 +46,9 @@ pub struct Ctx {
     /// Synapse auth_provider → MAS upstream provider id.
     pub providers: HashMap<String, u128>,
     pub ignore_missing_auth_providers: bool,
+    pub mode: Mode,
+    /// Keep every skipped or refused row for `--report` ([`Batch::skipped_rows`]).
+    pub report: bool,
     sizes: SizeHints,
 }
 
@@ -65,6 +86,7 @@ impl Ctx {
         now_ms: i64,
         providers: HashMap<String, u128>,
         ignore_missing_auth_providers: bool,
+        mode: Mode,
     ) -> Self {
         Self {
             ids,
@@ -72,19 +94,24 @@ impl Ctx {
             now_ms,
             providers,
             ignore_missing_auth_providers,
+            mode,
+            report: false,
             sizes: SizeHints::default(),
         }
     }
 }
 
-/// Why a row cannot be migrated. Names the table and the row (by user id and a non-secret
-/// key), never a token or hash.
+/// A row the mapping cannot take. Names the table and the row (by user id and a non-secret
+/// key), never a token or hash. `problem` says which `check` finding it is; `None` means the
+/// row's bytes are not what its column promises (a bug or a schema surprise, never data).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("Synapse `{table}` row {row}: {message}")]
+#[error("Synapse `{}` row `{row}`: {message}", entity.name())]
 pub struct RowError {
-    pub table: &'static str,
+    pub entity: Entity,
+    /// The row's user id (and key), as shown in messages and as a `check` example.
     pub row: String,
     pub message: String,
+    pub problem: Option<Problem>,
 }
 
 /// Rows read, migrated and skipped (by reason) for one Synapse table.
@@ -116,6 +143,8 @@ pub struct Stats {
     pub written: BTreeMap<Target, u64>,
     /// Device IPs that were neither empty, `-` nor an IP address; written as NULL.
     pub invalid_ips: u64,
+    /// Problems and notes ([`Mode::Count`] only).
+    pub findings: Findings,
 }
 
 impl Stats {
@@ -127,6 +156,7 @@ impl Stats {
             *self.written.entry(*t).or_default() += n;
         }
         self.invalid_ips += other.invalid_ips;
+        self.findings.merge(&other.findings);
     }
 }
 
@@ -135,99 +165,184 @@ impl Stats {
 pub struct Batch {
     pub out: BTreeMap<Target, Encoder>,
     pub stats: Stats,
+    /// Rows per target (encoded or, in [`Mode::Count`], only counted).
+    rows: [u64; Target::ALL.len()],
+    /// Every row skipped or refused, when reporting.
+    pub skipped_rows: Vec<SkippedRow>,
     /// Initial encoder capacity per target (`SizeHints`).
     capacity: [usize; Target::ALL.len()],
+    mode: Option<Mode>,
+    report: bool,
 }
 
 impl Batch {
     fn new(ctx: &Ctx) -> Self {
         Self {
             capacity: ctx.sizes.get(),
+            mode: Some(ctx.mode),
+            report: ctx.report,
             ..Self::default()
         }
     }
 
-    fn encoder(&mut self, target: Target) -> &mut Encoder {
-        let capacity = self.capacity[target as usize];
-        self.out
-            .entry(target)
-            .or_insert_with(|| Encoder::with_capacity(capacity))
+    fn counting(&self) -> bool {
+        self.mode == Some(Mode::Count)
     }
 
-    /// Records the rows each encoder holds as written to its table, and its size for the next
-    /// batches.
+    /// One row for `target`: encoded by `encode` when migrating, only counted otherwise (ids
+    /// are computed inside `encode`, so counting does not pay for them).
+    fn emit(&mut self, target: Target, encode: impl FnOnce(&mut Encoder)) {
+        self.rows[target as usize] += 1;
+        if self.counting() {
+            return;
+        }
+        let capacity = self.capacity[target as usize];
+        let enc = self
+            .out
+            .entry(target)
+            .or_insert_with(|| Encoder::with_capacity(capacity));
+        enc.row(target.width());
+        encode(enc);
+    }
+
+    fn migrated(&mut self, entity: Entity) {
+        let c = self.stats.entities.entry(entity).or_default();
+        c.read += 1;
+        c.migrated += 1;
+    }
+
+    fn skipped(&mut self, entity: Entity, reason: Reason, row: RowRef<'_, '_>) {
+        let c = self.stats.entities.entry(entity).or_default();
+        c.read += 1;
+        *c.skipped.entry(reason.as_str()).or_default() += 1;
+        if self.report {
+            let reason = reason.as_str().to_owned();
+            self.skipped_rows.push(SkippedRow::new(entity, row, reason));
+        }
+    }
+
+    /// Counts a row `migrate` refuses as refused under each of `entities` (counting only).
+    fn refused(&mut self, entities: &[Entity], problem: Problem, row: RowRef<'_, '_>) {
+        for e in entities {
+            let c = self.stats.entities.entry(*e).or_default();
+            c.read += 1;
+            *c.skipped.entry(Reason::Refused.as_str()).or_default() += 1;
+            if self.report {
+                let reason = format!("refused: {}", problem.finding_id());
+                self.skipped_rows.push(SkippedRow::new(*e, row, reason));
+            }
+        }
+    }
+
+    /// Records a note about a row when counting (`migrate` has no use for them).
+    fn note(&mut self, entity: Entity, note: Note, example: impl FnOnce() -> String) {
+        if self.counting() {
+            self.stats
+                .findings
+                .add(entity, Kind::Note(note), &example());
+        }
+    }
+
+    /// A row `migrate` refuses: the error when migrating; when counting, the problem is
+    /// recorded and the row counted as refused under each of `entities`.
+    fn refuse(
+        &mut self,
+        err: RowError,
+        entities: &[Entity],
+        row: RowRef<'_, '_>,
+    ) -> Result<(), RowError> {
+        let Some(problem) = err.problem.filter(|_| self.counting()) else {
+            return Err(err);
+        };
+        self.stats
+            .findings
+            .add(err.entity, Kind::Problem(problem), &err.row);
+        self.refused(entities, problem, row);
+        Ok(())
+    }
+
+    /// Records the rows of each target, and the encoders' sizes for the next batches.
     fn finish(&mut self, ctx: &Ctx) {
-        for (target, enc) in &self.out {
-            *self.stats.written.entry(*target).or_default() += enc.rows();
+        for target in Target::ALL {
+            let n = self.rows[target as usize];
+            if n > 0 {
+                *self.stats.written.entry(target).or_default() += n;
+            }
         }
         ctx.sizes.record(self);
     }
+}
 
-    fn counts(&mut self, entity: Entity) -> &mut EntityCounts {
-        self.stats.entities.entry(entity).or_default()
+/// A problem found in a row of `entity` owned by (or named) `row`.
+fn problem(entity: Entity, row: &str, problem: Problem, message: impl Into<String>) -> RowError {
+    RowError {
+        entity,
+        row: row.to_owned(),
+        message: message.into(),
+        problem: Some(problem),
     }
 }
 
-/// The skip reasons the source queries can yield, as static strings for cheap counting.
-const REASONS: &[&str] = &[
-    "appservice",
-    "deactivated",
-    "guest",
-    "hidden",
-    "guest_device",
-    "puppet",
-    "device_deleted",
-    "device_hidden",
-    "no_access_token",
-    "inconsistent_pair",
-    "superseded",
-    "unmapped_provider",
-    "orphan",
-];
+/// A row whose bytes do not decode as its read declares.
+fn malformed(entity: Entity, row: &[Option<&[u8]>], e: ColumnError) -> RowError {
+    let who = row
+        .first()
+        .copied()
+        .flatten()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("?");
+    RowError {
+        entity,
+        row: who.to_owned(),
+        message: e.to_string(),
+        problem: None,
+    }
+}
 
-/// Decodes, maps and encodes one chunk of rows of `query`.
+/// Decodes every row of a chunk of `R` and maps it with `map`.
+fn each_row<'a, R: Read<'a>>(
+    bytes: &'a [u8],
+    entity: Entity,
+    slots: &mut Vec<Option<&'a [u8]>>,
+    mut map: impl FnMut(R) -> Result<(), RowError>,
+) -> anyhow::Result<()> {
+    slots.clear();
+    copy_binary::decode_rows(bytes, R::FIELDS, slots)?;
+    for row in slots.chunks_exact(R::FIELDS) {
+        map(R::decode(row).map_err(|e| malformed(entity, row, e))?)?;
+    }
+    Ok(())
+}
+
+/// Every row of a buffer of `R` tuples, decoded.
+fn decode_all<'a, R: Read<'a>>(bytes: &'a [u8], entity: Entity) -> anyhow::Result<Vec<R>> {
+    let mut slots = Vec::new();
+    let mut rows = Vec::new();
+    each_row(bytes, entity, &mut slots, |r| {
+        rows.push(r);
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+/// Decodes, maps and encodes (or counts) one chunk of rows of a single-read stage.
 pub fn process_chunk(ctx: &Ctx, query: Query, bytes: &[u8]) -> anyhow::Result<Batch> {
-    let (Some((_, fields)), Some(map)) = (query.read(), rows::mapper(query)) else {
-        anyhow::bail!("`{}` is not read in chunks", query.name());
-    };
-    let mut slots = Vec::with_capacity(fields * 4096);
-    copy_binary::decode_rows(bytes, fields, &mut slots)?;
     let mut batch = Batch::new(ctx);
-    for row in slots.chunks_exact(fields) {
-        map(ctx, row, &mut batch)?;
+    let mut slots = Vec::new();
+    match query {
+        Query::Users => each_row(bytes, Entity::Users, &mut slots, |r| {
+            accounts::user(ctx, &r, &mut batch)
+        })?,
+        Query::Threepids => each_row(bytes, Entity::Threepids, &mut slots, |r| {
+            accounts::threepid(ctx, &r, &mut batch)
+        })?,
+        Query::ExternalIds => each_row(bytes, Entity::ExternalIds, &mut slots, |r| {
+            accounts::external_id(ctx, &r, &mut batch)
+        })?,
+        Query::Sessions => anyhow::bail!("`{}` is not read in chunks", query.name()),
     }
     batch.finish(ctx);
     Ok(batch)
-}
-
-/// A field decoding failure, attributed to its table and row.
-fn field_error(table: &'static str, row: &str, column: &str, e: FieldError) -> RowError {
-    RowError {
-        table,
-        row: row.to_owned(),
-        message: format!("column `{column}`: {e}"),
-    }
-}
-
-fn time_error(table: &'static str, row: &str, column: &str, e: TimestampRange) -> RowError {
-    RowError {
-        table,
-        row: row.to_owned(),
-        message: format!("column `{column}`: {e}"),
-    }
-}
-
-/// The static reason string for a `skip` value from SQL.
-fn reason(table: &'static str, row: &str, skip: &str) -> Result<&'static str, RowError> {
-    REASONS
-        .iter()
-        .copied()
-        .find(|r| *r == skip)
-        .ok_or_else(|| RowError {
-            table,
-            row: row.to_owned(),
-            message: format!("unknown skip reason `{skip}`"),
-        })
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
-//! The devices/tokens join, done by syn2mas on one partition of users at a time.
+//! Devices and tokens: the join syn2mas does itself, one partition of users at a time, and the
+//! mapping of its rows.
 //!
-//! Synapse streams its owners, devices and tokens (with their refresh tokens) unjoined
-//! (sql/sessions_*.sql); `source::spill` has routed every row to the partition of its user id.
-//! Here a partition's rows are joined exactly as the SQL this replaces did (a FULL JOIN of
-//! devices and tokens on (user_id, device_id), the owner by user id, each device's session
-//! time from its tokens) and every joined row goes through `rows::session_row`, the same
-//! mapping and skip order as before. In Rust, over a few MiB at a time, that join costs a
-//! fraction of what PostgreSQL's hash joins and aggregate did.
+//! Synapse streams its owners, devices and tokens unjoined (`source::reads::{Owner, Device,
+//! Token}`); `source::spill` has routed every row to the partition of its user id. Here a
+//! partition is decoded into typed rows and joined in memory: each device with its owner and
+//! the session time of its tokens, each token with its owner and its device. In Rust, over a
+//! few MiB at a time, that join costs a fraction of what PostgreSQL's hash joins and aggregate
+//! did (~13 CPU-seconds at 1M users).
 
 use std::collections::HashMap;
 
@@ -14,222 +14,385 @@ use std::collections::HashMap;
 /// SipHash was ~5 % of syn2mas's CPU; a random seed keeps crafted user ids from colliding.
 type Hasher = foldhash::fast::RandomState;
 
-use super::{Batch, Ctx, RowError, field_error, rows};
-use crate::db::copy_binary::{FieldError, decode_rows, field};
-use crate::source::SessionRead;
+use super::accounts::{
+    micros, on_server, orphan, owner_creation, settle, skip_for_owner, user_uuid,
+};
+use super::ids::{Kind, ulid_ms};
+use super::rules::{self, Fate, OwnerState, Pair, Reason, SessionTimes, TokenDevice};
+use super::{Batch, Ctx, Note, Problem, RowError, RowRef, decode_all};
+use crate::sink::tables::Target;
+use crate::source::Entity;
+use crate::source::reads::{Device, Owner, Token};
 
-type Row<'a> = [Option<&'a [u8]>];
-
-/// Columns of sql/sessions_owners.sql.
-mod owner {
-    pub const NAME: usize = 0;
-    pub const SKIP: usize = 1;
-    pub const CREATION_TS: usize = 2;
-    pub const ADMIN: usize = 3;
+/// A partition's rows, joined.
+struct Partition<'a> {
+    owners: HashMap<&'a str, Owner<'a>, Hasher>,
+    /// Devices by (user_id, device_id), Synapse's primary key.
+    devices: HashMap<(&'a str, &'a str), Device<'a>, Hasher>,
+    /// Session times by (user_id, device_id), from the tokens naming that device.
+    times: HashMap<(&'a str, &'a str), SessionTimes, Hasher>,
 }
 
-/// Columns of sql/sessions_devices.sql.
-mod device {
-    pub const USER_ID: usize = 0;
-    pub const DEVICE_ID: usize = 1;
-    pub const DISPLAY_NAME: usize = 2;
-    pub const LAST_SEEN: usize = 3;
-    pub const IP: usize = 4;
-    pub const USER_AGENT: usize = 5;
-    pub const SKIP: usize = 6;
-}
-
-/// Columns of sql/sessions_tokens.sql.
-mod token {
-    pub const USER_ID: usize = 0;
-    pub const DEVICE_ID: usize = 1;
-    pub const ID: usize = 2;
-    pub const TOKEN: usize = 3;
-    pub const VALID_UNTIL: usize = 4;
-    pub const LAST_VALIDATED: usize = 5;
-    pub const PUPPET: usize = 6;
-    pub const PLAIN: usize = 7;
-    pub const RT_ID: usize = 8;
-    pub const RT_TOKEN: usize = 9;
-    pub const PAIR_SKIP: usize = 10;
-}
-
-const TRUE: &[u8] = &[1];
-const FALSE: &[u8] = &[0];
-
-fn bool_field(b: bool) -> Option<&'static [u8]> {
-    Some(if b { TRUE } else { FALSE })
-}
-
-/// A device's tokens and what its compat session needs of them.
-#[derive(Default)]
-struct Group {
-    /// Its tokens (index in the partition) with their ids, decoded once.
-    tokens: Vec<(usize, Option<i64>)>,
-    /// `min(id)`: the token whose row also carries the device.
-    first_token: Option<i64>,
-    /// Earliest `last_validated` of non-puppet tokens without / with a refresh token.
-    plain_ms: Option<i64>,
-    any_ms: Option<i64>,
-}
-
-impl Group {
-    /// When the session was created (sql/session_times.sql): plain tokens first.
-    fn session_ms(&self) -> Option<i64> {
-        self.plain_ms.or(self.any_ms)
-    }
-}
-
-/// A partition's token groups by (user_id, device_id).
-type Groups<'a> = HashMap<(&'a [u8], &'a [u8]), Group, Hasher>;
-
-fn min_opt(a: Option<i64>, b: i64) -> Option<i64> {
-    Some(a.map_or(b, |a| a.min(b)))
-}
-
-/// A token-field decoding failure, named like the transform names its own.
-fn token_error(t: &Row<'_>, column: &str, e: FieldError) -> RowError {
-    let who = t[token::USER_ID]
-        .and_then(|u| std::str::from_utf8(u).ok())
-        .unwrap_or("?");
-    field_error("access_tokens", who, column, e)
-}
-
-/// Joins one partition (the raw tuples of its owners, devices and tokens) and maps every
-/// joined row. Memory is this partition's rows plus its output.
+/// Joins one partition (the raw tuples of its owners, devices and tokens) and maps every row.
+/// Memory is this partition's rows plus its output.
 pub fn process_partition(ctx: &Ctx, parts: [&[u8]; 3]) -> anyhow::Result<Batch> {
-    let slots = decoded(parts)?;
-    let [owners, devices, tokens] = [0, 1, 2].map(|i| -> Vec<&Row<'_>> {
-        slots[i]
-            .chunks_exact(SessionRead::ALL[i].fields())
-            .collect()
-    });
-    let owners = index_owners(&owners);
-    let groups = group_tokens(&tokens)?;
+    let owners: Vec<Owner<'_>> = decode_all(parts[0], Entity::Users)?;
+    let devices: Vec<Device<'_>> = decode_all(parts[1], Entity::Devices)?;
+    let tokens: Vec<Token<'_>> = decode_all(parts[2], Entity::AccessTokens)?;
+    let p = Partition::join(&owners, &devices, &tokens);
     let mut batch = Batch::new(ctx);
-    let mut matched = vec![false; tokens.len()];
     for d in &devices {
-        let key = d[device::USER_ID].zip(d[device::DEVICE_ID]);
-        match key.and_then(|k| groups.get(&k)) {
-            Some(g) => {
-                for &(i, id) in &g.tokens {
-                    matched[i] = true;
-                    let carries = id.is_some() && id == g.first_token;
-                    emit(
-                        ctx,
-                        &mut batch,
-                        &owners,
-                        Some(d),
-                        Some(tokens[i]),
-                        carries,
-                        Some(g),
-                    )?;
-                }
-            }
-            None => emit(ctx, &mut batch, &owners, Some(d), None, true, None)?,
-        }
+        device(ctx, &p, d, &mut batch)?;
     }
-    for (t, _) in tokens.iter().zip(&matched).filter(|(_, m)| !**m) {
-        let g = t[token::USER_ID]
-            .zip(t[token::DEVICE_ID])
-            .and_then(|k| groups.get(&k));
-        emit(ctx, &mut batch, &owners, None, Some(t), false, g)?;
+    for t in &tokens {
+        token(ctx, &p, t, &mut batch)?;
     }
     batch.finish(ctx);
     Ok(batch)
 }
 
-/// The three streams' tuples as field slices, row-major.
-fn decoded(parts: [&[u8]; 3]) -> anyhow::Result<[Vec<Option<&[u8]>>; 3]> {
-    let mut out: [Vec<Option<&[u8]>>; 3] = Default::default();
-    for ((bytes, read), slots) in parts.iter().zip(SessionRead::ALL).zip(out.iter_mut()) {
-        decode_rows(bytes, read.fields(), slots)?;
-    }
-    Ok(out)
-}
-
-/// Owners by user id. `users.name` is unique in Synapse, so the first row of a name is its
-/// only one.
-fn index_owners<'a>(owners: &[&'a Row<'a>]) -> HashMap<&'a [u8], &'a Row<'a>, Hasher> {
-    let mut map = HashMap::with_capacity_and_hasher(owners.len(), Hasher::default());
-    for o in owners {
-        if let Some(name) = o[owner::NAME] {
-            map.entry(name).or_insert(*o);
-        }
-    }
-    map
-}
-
-/// Tokens by (user_id, device_id), with the aggregates of sql/session_times.sql. Tokens
-/// without a device id belong to no group (NULL joins nothing).
-fn group_tokens<'a>(tokens: &[&'a Row<'a>]) -> Result<Groups<'a>, RowError> {
-    let mut groups = Groups::default();
-    for (i, t) in tokens.iter().enumerate() {
-        let Some(key) = t[token::USER_ID].zip(t[token::DEVICE_ID]) else {
-            continue;
+impl<'a> Partition<'a> {
+    fn join(owners: &[Owner<'a>], devices: &[Device<'a>], tokens: &[Token<'a>]) -> Self {
+        let mut p = Partition {
+            owners: HashMap::with_capacity_and_hasher(owners.len(), Hasher::default()),
+            devices: HashMap::with_capacity_and_hasher(devices.len(), Hasher::default()),
+            times: HashMap::with_capacity_and_hasher(devices.len(), Hasher::default()),
         };
-        let id = field::opt_int8(t[token::ID]).map_err(|e| token_error(t, "id", e))?;
-        let g = groups.entry(key).or_default();
-        g.tokens.push((i, id));
-        if let Some(id) = id {
-            g.first_token = min_opt(g.first_token, id);
+        // `users.name` is unique in Synapse: the first row of a name is its only one.
+        for o in owners {
+            p.owners.entry(o.name).or_insert(*o);
         }
-        let puppet = field::bool(t[token::PUPPET]).map_err(|e| token_error(t, "puppet", e))?;
-        let lv = field::opt_int8(t[token::LAST_VALIDATED])
-            .map_err(|e| token_error(t, "last_validated", e))?;
-        if let (false, Some(ms)) = (puppet, lv) {
-            g.any_ms = min_opt(g.any_ms, ms);
-            if field::bool(t[token::PLAIN]).map_err(|e| token_error(t, "plain", e))? {
-                g.plain_ms = min_opt(g.plain_ms, ms);
+        for d in devices {
+            p.devices.insert((d.user_id, d.device_id), *d);
+        }
+        for t in tokens.iter().filter(|t| t.id.is_some()) {
+            if let Some(device_id) = t.device_id {
+                p.times.entry((t.user_id, device_id)).or_default().add(
+                    t.puppet,
+                    t.plain,
+                    t.last_validated,
+                );
+            }
+        }
+        p
+    }
+
+    fn session_ms(&self, user_id: &str, device_id: &str) -> Option<i64> {
+        self.times
+            .get(&(user_id, device_id))
+            .and_then(SessionTimes::session_ms)
+    }
+}
+
+/// A device's compat session: its id and creation time (ms), the same for the session row and
+/// for every token of the device.
+fn device_session(
+    ctx: &Ctx,
+    localpart: &str,
+    device_id: &str,
+    session_ms: Option<i64>,
+) -> (u128, i64) {
+    let ms = ulid_ms(session_ms.unwrap_or(ctx.now_ms));
+    let id = ctx.ids.ulid(
+        Kind::Session,
+        ms,
+        &[localpart.as_bytes(), device_id.as_bytes()],
+    );
+    (id, ms)
+}
+
+/// A device's last IP: NULL, empty and `-` mean unknown; anything else unparsable is counted
+/// and written as NULL (upstream does the same, with a warning).
+fn device_ip(batch: &mut Batch, ip: Option<&str>) -> Option<std::net::IpAddr> {
+    match ip.map(str::trim) {
+        None | Some("") | Some("-") => None,
+        Some(s) => {
+            let parsed = s.parse().ok();
+            if parsed.is_none() {
+                batch.stats.invalid_ips += 1;
+            }
+            parsed
+        }
+    }
+}
+
+/// `devices` → `compat_sessions`. The device's own reasons come before its owner's.
+fn device(ctx: &Ctx, p: &Partition<'_>, d: &Device<'_>, batch: &mut Batch) -> Result<(), RowError> {
+    let e = Entity::Devices;
+    let row = RowRef::Device(d);
+    if let Err(err) = on_server(ctx, e, d.user_id) {
+        return batch.refuse(err, &[e], row);
+    }
+    if let Some(r) = rules::device_skip(d.device_id, d.hidden) {
+        batch.skipped(e, r, row);
+        return Ok(());
+    }
+    let owner = p.owners.get(d.user_id);
+    let checked = (|| match rules::owner_state(owner) {
+        OwnerState::Missing => Err(orphan(e, d.user_id)),
+        OwnerState::Skipped(r) => Ok(Err(r)),
+        OwnerState::Migrated => {
+            let last_seen = d
+                .last_seen
+                .map(|ms| micros(e, d.user_id, ms, "last_seen"))
+                .transpose()?;
+            let lp = super::accounts::localpart(ctx, e, d.user_id)?;
+            let creation = owner_creation(e, d.user_id, owner.and_then(|o| o.creation_ts))?;
+            Ok(Ok((last_seen, lp, creation)))
+        }
+    })();
+    let Some((last_seen, lp, creation)) = settle(ctx, batch, e, d.user_id, row, checked)? else {
+        return Ok(());
+    };
+    let ip = device_ip(batch, d.ip);
+    let admin = owner.is_some_and(|o| o.admin);
+    let session_ms = p.session_ms(d.user_id, d.device_id);
+    batch.emit(Target::CompatSessions, |enc| {
+        let (sid, ms) = device_session(ctx, lp, d.device_id, session_ms);
+        let created = pg_micros(ms);
+        enc.uuid(sid)
+            .uuid(user_uuid(ctx, lp, creation))
+            .text(d.device_id)
+            .opt_text(d.display_name)
+            .timestamptz(created)
+            .bool(admin)
+            .opt_timestamptz(last_seen)
+            .opt_inet(ip)
+            .opt_text(d.user_agent);
+    });
+    batch.migrated(e);
+    Ok(())
+}
+
+/// A ULID time (0 ..= 2^48-1 ms) as `timestamptz` micros: always in range.
+fn pg_micros(ulid_ms: i64) -> i64 {
+    crate::db::copy_binary::pg_micros_from_unix_ms(ulid_ms)
+        .expect("a ULID time is within timestamptz's range")
+}
+
+/// One row of the tokens read: an access token (with its refresh token, if any) or a refresh
+/// token no access token points at.
+fn token(ctx: &Ctx, p: &Partition<'_>, t: &Token<'_>, batch: &mut Batch) -> Result<(), RowError> {
+    let row = RowRef::Token(t);
+    let Some(id) = t.id else {
+        let e = Entity::RefreshTokens;
+        let user_id = t.rt_user_id.unwrap_or(t.user_id);
+        if let Err(err) = on_server(ctx, e, user_id) {
+            return batch.refuse(err, &[e], row);
+        }
+        batch.skipped(e, Reason::NoAccessToken, row);
+        return Ok(());
+    };
+    let paired = t.rt_id.is_some();
+    let entities: &[Entity] = if paired {
+        &[Entity::RefreshTokens, Entity::AccessTokens]
+    } else {
+        &[Entity::AccessTokens]
+    };
+    if !servers_ok(ctx, t, paired, batch)? {
+        batch.refused(entities, Problem::ServerName, row);
+        return Ok(());
+    }
+    let owner = p.owners.get(t.user_id);
+    let state = rules::owner_state(owner);
+    let device = match t.device_id {
+        None => TokenDevice::None,
+        Some(d) => match p.devices.get(&(t.user_id, d)) {
+            None => TokenDevice::Deleted,
+            Some(dev) => TokenDevice::Exists(rules::device_skip(dev.device_id, dev.hidden)),
+        },
+    };
+    let times = match token_times(t, state) {
+        Ok(v) => v,
+        Err(err) => return batch.refuse(err, entities, row),
+    };
+    let fate = if paired {
+        let pair = Pair {
+            inconsistent: t.rt_user_id != Some(t.user_id) || t.rt_device_id != t.device_id,
+            superseded: t.successor_used,
+        };
+        rules::refresh_pair_fate(pair, device, state)
+    } else {
+        rules::access_token_fate(t.puppet, device, state)
+    };
+    match fate {
+        Fate::Orphan => {
+            for e in entities {
+                batch.refuse(orphan(*e, t.user_id), &[], row)?;
+            }
+            batch.refused(entities, Problem::Orphan, row);
+            Ok(())
+        }
+        Fate::Skip(r) => {
+            if r == Reason::DeviceHidden {
+                batch.note(Entity::AccessTokens, Note::TokenHiddenDevice, || {
+                    format!("{} (device {})", t.user_id, t.device_id.unwrap_or(""))
+                });
+            }
+            skip_for_owner(ctx, batch, entities, t.user_id, r, row);
+            Ok(())
+        }
+        Fate::Migrate => match write_token(ctx, p, t, id, times, owner, batch) {
+            Err(err) => batch.refuse(err, entities, row),
+            ok => ok,
+        },
+    }
+}
+
+/// E-server-name for the access token's user and, for a pair, the refresh token's: both are
+/// checked (and, when counting, both recorded) before any skip reason.
+fn servers_ok(ctx: &Ctx, t: &Token<'_>, paired: bool, batch: &mut Batch) -> Result<bool, RowError> {
+    let mut ok = true;
+    let rt_user = t.rt_user_id.filter(|_| paired);
+    for (e, user_id) in [
+        (Entity::AccessTokens, Some(t.user_id)),
+        (Entity::RefreshTokens, rt_user),
+    ] {
+        if let Some(Err(err)) = user_id.map(|u| on_server(ctx, e, u)) {
+            batch.refuse(err, &[], RowRef::Token(t))?;
+            ok = false;
+        }
+    }
+    Ok(ok)
+}
+
+/// A token's times as `timestamptz` micros: (created from `last_validated`, expires from
+/// `valid_until_ms`). They must fit whenever the owner is migrated and the token is not a
+/// puppet's, even if the token is then skipped for its device or refresh chain: what `check`
+/// reports as E-timestamp-range.
+fn token_times(t: &Token<'_>, owner: OwnerState) -> Result<(Option<i64>, Option<i64>), RowError> {
+    if owner != OwnerState::Migrated || t.puppet {
+        return Ok((None, None));
+    }
+    let e = Entity::AccessTokens;
+    let time =
+        |ms: Option<i64>, column: &str| ms.map(|ms| micros(e, t.user_id, ms, column)).transpose();
+    Ok((
+        time(t.last_validated, "access_tokens.last_validated")?,
+        time(t.valid_until_ms, "access_tokens.valid_until_ms")?,
+    ))
+}
+
+/// Writes a migrated access token (its deviceless session when it has no device) and, for a
+/// pair, its refresh token. Every check comes before the first row is written, so an error
+/// leaves the batch as it was.
+fn write_token(
+    ctx: &Ctx,
+    p: &Partition<'_>,
+    t: &Token<'_>,
+    id: i64,
+    (created, expires): (Option<i64>, Option<i64>),
+    owner: Option<&Owner<'_>>,
+    batch: &mut Batch,
+) -> Result<(), RowError> {
+    let e = Entity::AccessTokens;
+    let malformed = |column: &str| RowError {
+        entity: e,
+        row: t.user_id.to_owned(),
+        message: format!("column `{column}`: unexpected NULL"),
+        problem: None,
+    };
+    let token = t.token.ok_or_else(|| malformed("token"))?;
+    let lp = super::accounts::localpart(ctx, e, t.user_id)?;
+    let created_ms = t.last_validated.unwrap_or(ctx.now_ms);
+    let created = match created {
+        Some(c) => c,
+        None => micros(e, t.user_id, created_ms, "access_tokens.last_validated")?,
+    };
+    let session = match t.device_id {
+        Some(d) => Session::Device(d, p.session_ms(t.user_id, d)),
+        None => {
+            let creation = owner_creation(e, t.user_id, owner.and_then(|o| o.creation_ts))?;
+            Session::Deviceless(creation)
+        }
+    };
+    let rt = match (t.rt_id, t.rt_token) {
+        (Some(rt_id), Some(rt_token)) => Some((rt_id, rt_token)),
+        (Some(_), None) => return Err(malformed("refresh_tokens.token")),
+        _ => None,
+    };
+    if batch.counting() {
+        if matches!(session, Session::Deviceless(_)) {
+            batch.emit(Target::CompatSessions, |_| {});
+        }
+        batch.emit(Target::CompatAccessTokens, |_| {});
+        if rt.is_some() {
+            batch.emit(Target::CompatRefreshTokens, |_| {});
+        }
+    } else {
+        let sid = session.write(ctx, lp, id, created_ms, batch);
+        let at_uuid = ctx
+            .ids
+            .ulid(Kind::AccessToken, created_ms, &[&id.to_le_bytes()]);
+        batch.emit(Target::CompatAccessTokens, |enc| {
+            enc.uuid(at_uuid)
+                .uuid(sid)
+                .text(token)
+                .timestamptz(created)
+                .opt_timestamptz(expires);
+        });
+        if let Some((rt_id, rt_token)) = rt {
+            batch.emit(Target::CompatRefreshTokens, |enc| {
+                let rt_uuid = ctx
+                    .ids
+                    .ulid(Kind::RefreshToken, created_ms, &[&rt_id.to_le_bytes()]);
+                enc.uuid(rt_uuid)
+                    .uuid(sid)
+                    .uuid(at_uuid)
+                    .text(rt_token)
+                    .timestamptz(created);
+            });
+        }
+    }
+    if rt.is_some() {
+        batch.migrated(Entity::RefreshTokens);
+    }
+    batch.migrated(e);
+    Ok(())
+}
+
+/// The compat session a migrated access token belongs to.
+enum Session<'a> {
+    /// Its device's, with the device's session time.
+    Device(&'a str, Option<i64>),
+    /// Its own (upstream gives every token without a device one), with the owner's creation
+    /// time in seconds.
+    Deviceless(i64),
+}
+
+impl Session<'_> {
+    /// The session's id; a deviceless session's row is written here.
+    fn write(
+        &self,
+        ctx: &Ctx,
+        lp: &str,
+        token_id: i64,
+        created_ms: i64,
+        batch: &mut Batch,
+    ) -> u128 {
+        match *self {
+            Session::Device(device_id, session_ms) => {
+                device_session(ctx, lp, device_id, session_ms).0
+            }
+            Session::Deviceless(creation) => {
+                let ms = ulid_ms(created_ms);
+                let sid = ctx
+                    .ids
+                    .ulid(Kind::DevicelessSession, ms, &[&token_id.to_le_bytes()]);
+                let uid = user_uuid(ctx, lp, creation);
+                batch.emit(Target::CompatSessions, |enc| {
+                    enc.uuid(sid)
+                        .uuid(uid)
+                        .null()
+                        .null()
+                        .timestamptz(pg_micros(ms))
+                        .bool(false)
+                        .null()
+                        .null()
+                        .null();
+                });
+                sid
             }
         }
     }
-    Ok(groups)
-}
-
-/// One row of the join, in the column order `rows::session_row` reads.
-fn emit(
-    ctx: &Ctx,
-    batch: &mut Batch,
-    owners: &HashMap<&[u8], &Row<'_>, Hasher>,
-    d: Option<&Row<'_>>,
-    t: Option<&Row<'_>>,
-    carries: bool,
-    g: Option<&Group>,
-) -> Result<(), RowError> {
-    let dv = |i: usize| d.and_then(|d| d[i]);
-    let tk = |i: usize| t.and_then(|t| t[i]);
-    let exists = dv(device::USER_ID).is_some();
-    let user_id = dv(device::USER_ID).or(tk(token::USER_ID));
-    let owner = user_id.and_then(|u| owners.get(u));
-    let ow = |i: usize| owner.and_then(|o| o[i]);
-    let owner_skip = match owner {
-        None => Some(&b"orphan"[..]),
-        Some(o) => o[owner::SKIP],
-    };
-    let session_ms = g.and_then(Group::session_ms).map(i64::to_be_bytes);
-    let row: [Option<&[u8]>; 21] = [
-        user_id,
-        dv(device::DEVICE_ID).or(tk(token::DEVICE_ID)),
-        bool_field(exists),
-        bool_field(exists && carries),
-        dv(device::DISPLAY_NAME),
-        dv(device::LAST_SEEN),
-        dv(device::IP),
-        dv(device::USER_AGENT),
-        if exists { dv(device::SKIP) } else { None },
-        owner_skip,
-        ow(owner::CREATION_TS),
-        ow(owner::ADMIN),
-        session_ms.as_ref().map(|b| &b[..]),
-        tk(token::ID),
-        tk(token::TOKEN),
-        tk(token::VALID_UNTIL),
-        tk(token::LAST_VALIDATED),
-        tk(token::PUPPET),
-        tk(token::RT_ID),
-        tk(token::RT_TOKEN),
-        tk(token::PAIR_SKIP),
-    ];
-    rows::session_row(ctx, &row, batch)
 }

@@ -295,36 +295,26 @@ pub fn render_unix_ms(ms: i64) -> String {
 }
 
 /// A `timestamptz` (µs since 2000-01-01) as ISO 8601 UTC, with as many fraction digits as it
-/// needs.
+/// needs. The `time` crate's large-dates range covers PostgreSQL's (4713 BC to 294276 AD).
 pub fn render_pg_micros(us: i64) -> String {
     let unix_us = i128::from(us) + i128::from(PG_EPOCH_UNIX_MS) * 1000;
-    let secs = unix_us.div_euclid(1_000_000);
-    let frac = unix_us.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (tod / 3600, tod % 3600 / 60, tod % 60);
-    let fraction = match frac {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(unix_us * 1000) else {
+        return format!("{us} µs since 2000-01-01");
+    };
+    let fraction = match t.microsecond() {
         0 => String::new(),
         f if f % 1000 == 0 => format!(".{:03}", f / 1000),
         f => format!(".{f:06}"),
     };
-    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}{fraction}Z")
-}
-
-/// Year, month, day of a day count since 1970-01-01 (proleptic Gregorian; H. Hinnant's
-/// algorithm), so reports need no date library.
-fn civil_from_days(z: i128) -> (i128, i128, i128) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i128::from(m <= 2);
-    (y, m, d)
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{fraction}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 #[cfg(test)]
@@ -367,6 +357,15 @@ mod tests {
         assert_eq!(render_unix_ms(0), "1970-01-01T00:00:00Z");
         assert_eq!(render_unix_ms(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(render_pg_micros(1), "2000-01-01T00:00:00.000001Z");
+        // PostgreSQL's extremes (4713 BC is year -4712 in ISO 8601).
+        assert_eq!(
+            render_unix_ms(9_224_318_015_999_999),
+            "294276-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            render_unix_ms(-210_866_803_200_000),
+            "-4713-11-24T00:00:00Z"
+        );
     }
 
     #[test]

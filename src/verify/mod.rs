@@ -143,7 +143,7 @@ async fn compare(
     let (mut s, mut m) = tokio::try_join!(
         RowStream::open(
             syn,
-            &spec.synapse_sql,
+            spec.synapse_sql,
             spec.synapse_fields(),
             spec.keys.len(),
             "Synapse",
@@ -187,8 +187,8 @@ async fn join_snapshot(client: &Client, id: &str, side: &str) -> anyhow::Result<
         .with_context(|| format!("reading the {side} snapshot"))
 }
 
-/// The settings the Synapse queries read: the migration's `syn2mas.providers`, the user-id
-/// suffix and the auth_provider → MAS provider id map. Bound as parameters, never spliced.
+/// The settings the Synapse queries read: the user-id suffix and the auth_provider → MAS
+/// provider id map (also as `syn2mas.providers`, whose keys are the mapped providers). Bound as parameters, never spliced.
 async fn set_params(client: &Client, mas: &MasConfig) -> anyhow::Result<()> {
     let providers: serde_json::Map<String, serde_json::Value> = mas
         .providers
@@ -198,15 +198,13 @@ async fn set_params(client: &Client, mas: &MasConfig) -> anyhow::Result<()> {
             p.synapse_idp_id.clone().map(|s| (s, uuid.into()))
         })
         .collect();
-    crate::source::set_query_params(client, providers.keys().map(String::as_str))
-        .await
-        .context("setting query parameters on Synapse")?;
     let suffix = format!(":{}", mas.homeserver);
     let ids = serde_json::Value::Object(providers).to_string();
     client
         .execute(
             "SELECT set_config('syn2mas.verify_suffix', $1, false), \
-                    set_config('syn2mas.verify_provider_ids', $2, false)",
+                    set_config('syn2mas.verify_provider_ids', $2, false), \
+                    set_config('syn2mas.providers', $2, false)",
             &[&suffix, &ids],
         )
         .await

@@ -141,14 +141,11 @@ impl Report {
     }
 
     pub fn render_human(&self, out: &mut impl Write) -> io::Result<()> {
-        writeln!(out, "Databases compared (read-only snapshots):")?;
-        for db in &self.databases {
-            writeln!(
-                out,
-                "  {:<8} host={} port={} dbname={} user={}",
-                db.side, db.host, db.port, db.dbname, db.user
-            )?;
-        }
+        DatabaseInfo::render_list(
+            &self.databases,
+            "Databases compared (read-only snapshots):",
+            out,
+        )?;
         writeln!(
             out,
             "\n  {:<34} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}",

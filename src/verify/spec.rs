@@ -5,13 +5,13 @@
 //! (`COLLATE "C"`, NULLS FIRST), then one group per compared column (in the same order on both
 //! sides). Synapse rows end with `skip` (the migration's own reason not to migrate the row);
 //! MAS rows end with the row's ULID id when the table has one, to check its time part.
-//! The Synapse queries wrap the migration's own queries (sql/*.sql), so what `verify` expects is
-//! by construction what `migrate` writes.
+//! The Synapse queries state the mapping's rules on their own, in SQL, apart from the Rust
+//! transform that `migrate` and `check` share: `verify` is the independent oracle that catches a
+//! mistake in either.
 
 use std::sync::LazyLock;
 
 use super::compare::Kind;
-use crate::source::Entity;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Col {
@@ -27,7 +27,7 @@ const fn col(name: &'static str, kind: Kind) -> Col {
 pub struct Spec {
     /// The name in the report (the MAS table, or what part of it).
     pub name: &'static str,
-    pub synapse_sql: String,
+    pub synapse_sql: &'static str,
     pub mas_sql: &'static str,
     pub keys: &'static [Col],
     pub cols: &'static [Col],
@@ -118,7 +118,7 @@ static SPECS: LazyLock<Vec<Spec>> = LazyLock::new(|| {
 fn users() -> Spec {
     Spec {
         name: "users",
-        synapse_sql: synapse(include_str!("../../sql/verify/synapse_users.sql")),
+        synapse_sql: include_str!("../../sql/verify/synapse_users.sql"),
         mas_sql: include_str!("../../sql/verify/mas_users.sql"),
         keys: &[USER],
         cols: const {
@@ -141,7 +141,7 @@ fn users() -> Spec {
 fn passwords() -> Spec {
     Spec {
         name: "user_passwords",
-        synapse_sql: synapse(include_str!("../../sql/verify/synapse_passwords.sql")),
+        synapse_sql: include_str!("../../sql/verify/synapse_passwords.sql"),
         mas_sql: include_str!("../../sql/verify/mas_passwords.sql"),
         keys: &[USER],
         cols: const {
@@ -162,7 +162,7 @@ fn passwords() -> Spec {
 fn emails() -> Spec {
     Spec {
         name: "user_emails",
-        synapse_sql: synapse(include_str!("../../sql/verify/synapse_emails.sql")),
+        synapse_sql: include_str!("../../sql/verify/synapse_emails.sql"),
         mas_sql: include_str!("../../sql/verify/mas_emails.sql"),
         keys: const { &[USER, col("email", Kind::Text)] },
         cols: &[CREATED],
@@ -177,7 +177,7 @@ fn emails() -> Spec {
 fn unsupported() -> Spec {
     Spec {
         name: "user_unsupported_third_party_ids",
-        synapse_sql: synapse(include_str!("../../sql/verify/synapse_unsupported.sql")),
+        synapse_sql: include_str!("../../sql/verify/synapse_unsupported.sql"),
         mas_sql: include_str!("../../sql/verify/mas_unsupported.sql"),
         keys: const { &[USER, col("medium", Kind::Text), col("address", Kind::Text)] },
         cols: &[CREATED],
@@ -189,7 +189,7 @@ fn unsupported() -> Spec {
 fn links() -> Spec {
     Spec {
         name: "upstream_oauth_links",
-        synapse_sql: synapse(include_str!("../../sql/verify/synapse_links.sql")),
+        synapse_sql: include_str!("../../sql/verify/synapse_links.sql"),
         mas_sql: include_str!("../../sql/verify/mas_links.sql"),
         keys: const { &[col("provider", Kind::Uuid), col("subject", Kind::Text)] },
         cols: &[USER, CREATED],
@@ -221,7 +221,7 @@ fn device_sessions() -> Spec {
     });
     Spec {
         name: "compat_sessions",
-        synapse_sql: synapse(include_str!("../../sql/verify/synapse_sessions.sql")),
+        synapse_sql: include_str!("../../sql/verify/synapse_sessions.sql"),
         mas_sql: include_str!("../../sql/verify/mas_sessions.sql"),
         keys: &[USER, DEVICE],
         cols: &COLS,
@@ -245,7 +245,7 @@ fn deviceless_sessions() -> Spec {
     });
     Spec {
         name: "compat_sessions (deviceless)",
-        synapse_sql: synapse(include_str!("../../sql/verify/synapse_deviceless.sql")),
+        synapse_sql: include_str!("../../sql/verify/synapse_deviceless.sql"),
         mas_sql: include_str!("../../sql/verify/mas_deviceless.sql"),
         keys: &[TOKEN],
         cols: &COLS,
@@ -260,7 +260,7 @@ fn deviceless_sessions() -> Spec {
 fn access_tokens() -> Spec {
     Spec {
         name: "compat_access_tokens",
-        synapse_sql: synapse(include_str!("../../sql/verify/synapse_access_tokens.sql")),
+        synapse_sql: include_str!("../../sql/verify/synapse_access_tokens.sql"),
         mas_sql: include_str!("../../sql/verify/mas_access_tokens.sql"),
         keys: &[TOKEN],
         cols: const { &[USER, DEVICE, CREATED_OR_NOW, col("expires_at", Kind::Time)] },
@@ -275,7 +275,7 @@ fn access_tokens() -> Spec {
 fn refresh_tokens() -> Spec {
     Spec {
         name: "compat_refresh_tokens",
-        synapse_sql: synapse(include_str!("../../sql/verify/synapse_refresh_tokens.sql")),
+        synapse_sql: include_str!("../../sql/verify/synapse_refresh_tokens.sql"),
         mas_sql: include_str!("../../sql/verify/mas_refresh_tokens.sql"),
         keys: const { &[col("refresh_token", Kind::Token)] },
         cols: const {
@@ -297,83 +297,14 @@ fn refresh_tokens() -> Spec {
     }
 }
 
-/// The session settings every Synapse query reads (set with `set_config`, never spliced in):
-/// the user-id suffix `:<server>` and the auth_provider → MAS provider id map.
-const PARAMS: &str = "CROSS JOIN (SELECT current_setting('syn2mas.verify_suffix') AS sfx, \
-     current_setting('syn2mas.verify_provider_ids')::jsonb AS provider_ids) p";
-
-/// Expands a Synapse template: `#source <entity>` lines become the migration's query for that
-/// entity, `#session_times_with_alternatives` the migration's `sess` CTE with verify's extra
-/// columns, `#params` the settings join, `LOCALPART(expr)` the localpart of a user id.
-fn synapse(template: &str) -> String {
-    let mut sql = template.replace(
-        "#session_times_with_alternatives\n",
-        &session_times_with_alternatives(),
-    );
-    for e in Entity::ALL {
-        sql = sql.replace(&format!("#source {}\n", source_name(e)), e.query());
-    }
-    sql = sql.replace("#params", PARAMS);
-    expand_localpart(&sql)
-}
-
-/// sql/session_times.sql with the columns of sql/verify/session_alternatives.sql added to its
-/// aggregate, so one pass over `access_tokens` yields both the exact time `migrate` uses and the
-/// times upstream may have used.
-fn session_times_with_alternatives() -> String {
-    const SESSION_TIMES: &str = include_str!("../../sql/session_times.sql");
-    const EXTRA: &str = include_str!("../../sql/verify/session_alternatives.sql");
-    const ANCHOR: &str = "AS session_ms";
-    assert!(
-        SESSION_TIMES.matches(ANCHOR).count() == 1,
-        "sql/session_times.sql must name its result `session_ms` exactly once"
-    );
-    SESSION_TIMES.replacen(ANCHOR, &format!("{ANCHOR},\n{EXTRA}"), 1)
-}
-
-/// The file name (without `.sql`) of an entity's migration query.
-fn source_name(e: Entity) -> &'static str {
-    match e {
-        Entity::Users => "users",
-        Entity::Threepids => "threepids",
-        Entity::ExternalIds => "external_ids",
-        Entity::AccessTokens => "access_tokens",
-        Entity::RefreshTokens => "refresh_tokens",
-        Entity::Devices => "devices",
-    }
-}
-
-/// `LOCALPART(x)` → the part of user id `x` between `@` and `:<server>` (what `migrate` calls
-/// the localpart), or `x` itself when it is not of that form, so such a row can only ever be
-/// "missing" in MAS, never match another user.
-fn expand_localpart(sql: &str) -> String {
-    const OPEN: &str = "LOCALPART(";
-    let mut out = String::with_capacity(sql.len() * 2);
-    let mut rest = sql;
-    while let Some(start) = rest.find(OPEN) {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + OPEN.len()..];
-        let end = after.find(')').expect("LOCALPART( without `)`");
-        let x = &after[..end];
-        out.push_str(&format!(
-            "(CASE WHEN starts_with({x}, '@') AND length({x}) > length(p.sfx) + 1 \
-                    AND right({x}, length(p.sfx)) = p.sfx \
-               THEN substr({x}, 2, length({x}) - 1 - length(p.sfx)) ELSE {x} END)"
-        ));
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn templates_are_fully_expanded_and_read_only() {
+    fn queries_are_read_only() {
         for s in all() {
-            for sql in [s.synapse_sql.as_str(), s.mas_sql] {
+            for sql in [s.synapse_sql, s.mas_sql] {
                 assert!(!sql.contains("#source"), "{}", s.name);
                 assert!(!sql.contains("#params"), "{}", s.name);
                 assert!(!sql.contains("#session_times"), "{}", s.name);
@@ -402,23 +333,5 @@ mod tests {
             assert!(s.label.iter().all(|&i| i < s.cols.len()));
             assert!(s.cols.len() <= 64, "differences are kept in a u64 mask");
         }
-    }
-
-    #[test]
-    fn session_times_gain_the_alternatives() {
-        let sql = session_times_with_alternatives();
-        assert!(sql.contains("AS session_ms,"));
-        assert!(sql.contains("AS times"));
-        assert!(sql.contains("AS untimed"));
-        let devices = all().iter().find(|s| s.name == "compat_sessions").unwrap();
-        assert!(devices.synapse_sql.contains("AS untimed"));
-    }
-
-    #[test]
-    fn localpart_expands_every_occurrence() {
-        let sql = expand_localpart("SELECT LOCALPART(a.x), LOCALPART(b.y) FROM t");
-        assert!(sql.contains("starts_with(a.x, '@')"));
-        assert!(sql.contains("substr(b.y, 2"));
-        assert!(!sql.contains("LOCALPART"));
     }
 }

@@ -169,9 +169,9 @@ impl RowStream {
             .unwrap_or(Ordering::Equal)
     }
 
-    async fn fill(&mut self) -> Result<(), StreamError> {
-        let msg = self
-            .inner
+    /// The next COPY message, `None` at the end of the stream.
+    async fn next_message(&mut self) -> Result<Option<bytes::Bytes>, StreamError> {
+        self.inner
             .as_mut()
             .try_next()
             .await
@@ -179,8 +179,11 @@ impl RowStream {
                 side: self.side,
                 entity: self.entity,
                 source,
-            })?;
-        match msg {
+            })
+    }
+
+    async fn fill(&mut self) -> Result<(), StreamError> {
+        match self.next_message().await? {
             Some(bytes) => {
                 self.buf.extend_from_slice(&bytes);
                 Ok(())
@@ -198,17 +201,7 @@ impl RowStream {
         self.finished = true;
         self.slots.clear();
         let mut extra = self.buf.len() - 2;
-        while let Some(bytes) =
-            self.inner
-                .as_mut()
-                .try_next()
-                .await
-                .map_err(|source| StreamError::Query {
-                    side: self.side,
-                    entity: self.entity,
-                    source,
-                })?
-        {
+        while let Some(bytes) = self.next_message().await? {
             extra += bytes.len();
         }
         if extra > 0 {

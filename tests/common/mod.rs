@@ -744,3 +744,41 @@ pub fn write_configs(dir: &Path, synapse: &TestDb, mas: &TestDb) -> (PathBuf, Pa
         write("mas.yaml", &mas_config),
     )
 }
+
+/// Differences between `check --json`'s plan and what `migrate --json` did: per Synapse table
+/// the rows read, migrated and skipped by each reason, and the rows of every MAS table. Empty
+/// when the plan is exactly the migration.
+pub fn plan_differences(check: &serde_json::Value, migrate: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let plan = &check["plan"];
+    let done = &migrate["migrate"];
+    let Some(entities) = done["entities"].as_array() else {
+        return vec![format!("migrate reported no entities: {done}")];
+    };
+    for e in entities {
+        let name = e["entity"].as_str().unwrap_or("?");
+        let planned = plan["entities"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["entity"] == e["entity"]))
+            .cloned()
+            .unwrap_or_default();
+        let pairs = [
+            ("read", &planned["read"], &e["read"]),
+            ("migrated", &planned["migrate"], &e["migrated"]),
+            ("skipped", &planned["skip"], &e["skipped"]),
+        ];
+        for (what, p, m) in pairs {
+            if p != m {
+                out.push(format!("{name} {what}: planned {p}, migrate {m}"));
+            }
+        }
+    }
+    let planned_rows = &plan["mas_rows"];
+    for t in syn2mas::sink::tables::NAMES {
+        let (p, m) = (&planned_rows[t], &done["mas_rows"][t]);
+        if p.as_u64().unwrap_or(0) != m.as_u64().unwrap_or(0) {
+            out.push(format!("MAS {t}: planned {p}, migrate {m}"));
+        }
+    }
+    out
+}

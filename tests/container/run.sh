@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the container image from the repository's Dockerfile and runs it against the test
 # PostgreSQL on the bundled fixture: --version (with the git commit), the image's user, `check`,
-# a `migrate` stopped by `docker stop` (SIGTERM to PID 1: rolled back, exit 130, MAS untouched),
+# a `migrate` stopped by `docker stop` (SIGTERM to PID 1: rolled back, exit 143, MAS untouched),
 # then `migrate` (exit 0, rows in MAS equal to what it reports, progress lines in the log) and
 # `verify` (exit 0). Not part of .ci/run (see README, "Container image"): it takes minutes and
 # needs a Docker daemon.
@@ -252,7 +252,7 @@ docker stop -t 60 "$name" >/dev/null
 took=$((SECONDS - start))
 rc=$(docker inspect -f '{{.State.ExitCode}}' "$name")
 docker logs "$name" 2>&1 | tail -3
-[ "$rc" = 130 ] && ok "exit 130 after SIGTERM, in $took s" || fail "exit $rc after docker stop (expected 130; 137 means SIGTERM was ignored)"
+[ "$rc" = 143 ] && ok "exit 143 after SIGTERM, in $took s" || fail "exit $rc after docker stop (expected 143; 137 means SIGTERM was ignored)"
 docker logs "$name" 2>&1 | grep -q "rolled back" && ok "says it rolled back" || fail "no rollback message"
 [ "$(shadows)" = 0 ] && ok "no shadow tables left" || fail "shadow tables left after SIGTERM"
 [ "$(mas_rows)" = 0 ] && ok "MAS untouched" || fail "MAS has rows after an interrupted run"
@@ -316,8 +316,8 @@ start=$SECONDS
 docker stop -t 60 "$name" >/dev/null
 rc=$(docker inspect -f '{{.State.ExitCode}}' "$name")
 docker logs "$name" 2>&1 | grep "syn2mas-steps:" | tail -3
-[ "$rc" = 130 ] && ok "exit 130 after docker stop, in $((SECONDS - start)) s (sh as PID 1 passed SIGTERM on)" \
-    || fail "steps.sh exit $rc after docker stop (expected 130; 137 means the signal was not passed on)"
+[ "$rc" = 143 ] && ok "exit 143 after docker stop, in $((SECONDS - start)) s (sh as PID 1 passed SIGTERM on)" \
+    || fail "steps.sh exit $rc after docker stop (expected 143; 137 means the signal was not passed on)"
 [ "$(shadows)" = 0 ] && [ "$(mas_rows)" = 0 ] && ok "MAS untouched" || fail "MAS changed after an interrupted steps.sh"
 
 say "deploy/kubernetes/steps.sh in the image: the whole sequence"

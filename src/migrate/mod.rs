@@ -1,0 +1,475 @@
+//! Orchestrates a migration: Synapse snapshot → transform workers → COPY into shadow tables →
+//! parallel rebuild → one swap transaction.
+//!
+//! MAS sees nothing until the swap commits. On any error the shadow tables are dropped (and the
+//! sessions still building on them terminated first, so the drop does not wait for them); after
+//! a kill, the next run finds and drops them before anything else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+
+use crate::check::report::Plan;
+use crate::config::MasConfig;
+use crate::db::ConnectOptions;
+use crate::pipeline::{self, Senders};
+use crate::progress::Progress;
+pub use summary::{EntitySummary, Summary};
+use summary::{plan_mismatches, summarise};
+
+mod summary;
+use crate::sink::tables::Target;
+use crate::sink::{catalog, rebuild, shadow, writer};
+use crate::source;
+use crate::source::snapshot::{self, LockMode};
+use crate::transform::{Ctx, Ids, Mode, Stats};
+
+/// Advisory lock key of upstream `mas-cli syn2mas` (HKDF of `syn2mas-maswriter`, reference
+/// §1.4): holding it keeps the upstream tool and syn2mas from running at the same time.
+const UPSTREAM_SYN2MAS_LOCK: i64 = 6_584_285_998_412_104_315;
+
+/// Environment variable naming a point where a run stops and waits (`after-users`, `rebuild`,
+/// `swap`), so tests can kill it or break its connections at an exact moment. Unset in
+/// production; it only ever adds a wait, never changes what is written.
+pub const PAUSE_ENV: &str = "SYN2MAS_TEST_PAUSE";
+/// How long a pause lasts (seconds, default 600).
+pub const PAUSE_SECS_ENV: &str = "SYN2MAS_TEST_PAUSE_SECS";
+/// Fixes the migration's "now" (Unix ms) so two test runs produce identical rows.
+pub const NOW_ENV: &str = "SYN2MAS_TEST_NOW_MS";
+pub(crate) async fn pause_point(point: &str) {
+    if std::env::var(PAUSE_ENV).is_ok_and(|p| p == point) {
+        let secs = std::env::var(PAUSE_SECS_ENV)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600);
+        eprintln!("syn2mas: paused at {point}");
+        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+    }
+}
+
+/// Encoded bodies queued per MAS table; with `IN_FLIGHT` and the chunk size this is what bounds
+/// memory (a few MiB per table at most), whatever the number of users.
+const WRITER_QUEUE: usize = 2;
+
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    pub dry_run: bool,
+    /// `--report DIR`: every row the run skips (or the row it refuses).
+    pub report: Option<Arc<crate::report::ReportDir>>,
+    pub seed: Option<u64>,
+    pub rebuild_sessions: usize,
+    pub ignore_missing_auth_providers: bool,
+}
+
+/// Backend pids of the MAS sessions a run opened, so a failed or interrupted run can stop them
+/// before dropping its shadow tables; and whether the run got the advisory lock, without which
+/// the shadow tables in MAS are not its own.
+#[derive(Debug, Clone, Default)]
+pub struct Sessions {
+    pids: Arc<Mutex<Vec<i32>>>,
+    locked: Arc<AtomicBool>,
+    /// The oid of MAS's `users` table before the run: the swap replaces the table, so a
+    /// different oid afterwards means the swap committed.
+    users_oid: Arc<Mutex<Option<u32>>>,
+}
+
+impl Sessions {
+    async fn track(&self, client: &Client) -> anyhow::Result<()> {
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        self.pids.lock().unwrap().push(pid);
+        Ok(())
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        self.pids.lock().unwrap().clone()
+    }
+
+    async fn remember_users_oid(&self, client: &Client) -> anyhow::Result<()> {
+        let oid = users_oid(client).await?;
+        *self.users_oid.lock().unwrap() = oid;
+        Ok(())
+    }
+
+    /// Whether the run's swap committed, asked on a fresh connection: for when the run was
+    /// interrupted or lost its connection around the swap's COMMIT, whose outcome it cannot
+    /// know by itself. `None` when the run never got as far as looking at MAS.
+    pub async fn swap_committed(&self, mas_db: &ConnectOptions) -> anyhow::Result<Option<bool>> {
+        let Some(before) = *self.users_oid.lock().unwrap() else {
+            return Ok(None);
+        };
+        let client = mas_db.connect("MAS").await?;
+        Ok(Some(users_oid(&client).await? != Some(before)))
+    }
+}
+
+async fn users_oid(client: &Client) -> anyhow::Result<Option<u32>> {
+    Ok(client
+        .query_one("SELECT to_regclass('users')::oid", &[])
+        .await
+        .context("looking up MAS's `users` table")?
+        .get(0))
+}
+
+/// Runs the migration. `plan` is check's exact plan when it computed one (`--full-check`; the
+/// final accounting compares against it), else sizes are estimated from Synapse's statistics.
+/// `sessions` collects backend pids for `cleanup`.
+pub async fn run(
+    synapse_db: &ConnectOptions,
+    mas_db: &ConnectOptions,
+    mas: &MasConfig,
+    exact_plan: Option<&Plan>,
+    opts: &MigrateOptions,
+    progress: &Progress,
+    sessions: &Sessions,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let mut main = mas_db.connect("MAS").await?;
+    sessions.track(&main).await?;
+    take_locks(&main).await?;
+    sessions.locked.store(true, Ordering::SeqCst);
+    let leftovers = shadow::drop_leftovers(&main).await?;
+    if !leftovers.is_empty() {
+        progress.println(&format!(
+            "Dropped leftovers of an interrupted earlier run: {}",
+            leftovers.join(", ")
+        ));
+    }
+    shadow::preflight(&main).await?;
+    sessions.remember_users_oid(&main).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "MAS checked and locked");
+    let defs = catalog::read(&main).await?;
+
+    let synapse = pipeline::open_readers(synapse_db).await?;
+    let lock = if opts.dry_run {
+        LockMode::AccessShare
+    } else {
+        LockMode::Exclusive
+    };
+    let snapshot_id = snapshot::open(&synapse[0], lock).await?;
+    for client in &synapse[1..] {
+        snapshot::join(client, &snapshot_id).await?;
+    }
+    let mut ctx = context(
+        mas,
+        opts.seed,
+        opts.ignore_missing_auth_providers,
+        Mode::Migrate,
+    )?;
+    ctx.report = opts.report.is_some();
+    let ctx = Arc::new(ctx);
+    for client in &synapse {
+        // Some reads hash-join millions of rows (owners of threepids and external ids, refresh
+        // tokens); with PostgreSQL's default 4 MB they spill to disk in many batches. Only these
+        // sessions, only this transaction.
+        client
+            .batch_execute("SET LOCAL work_mem = '256MB'")
+            .await
+            .context("configuring a Synapse read session")?;
+    }
+    tracing::debug!(elapsed = ?started.elapsed(), "Synapse snapshot open");
+    let estimated;
+    let plan = match exact_plan {
+        Some(p) => p,
+        None => {
+            estimated = source::plan::estimate(&synapse[0]).await?;
+            &estimated
+        }
+    };
+
+    let mas_rows_plan: BTreeMap<Target, u64> = Target::ALL
+        .iter()
+        .map(|t| (*t, plan.mas_rows.get(t.name()).copied().unwrap_or(0)))
+        .collect();
+    let runner = rebuild::Runner::new(rebuild::schedule(&defs, &mas_rows_plan));
+    let rebuild_bar = progress.bar("rebuild", runner.total_jobs() as u64, "jobs");
+    let rebuild_tasks = spawn_rebuild(
+        mas_db,
+        opts.rebuild_sessions,
+        &runner,
+        &rebuild_bar,
+        sessions,
+    )
+    .await?;
+    let (mut senders, writers) = spawn_writers(mas_db, &runner, sessions).await?;
+    senders.report = opts.report.clone();
+    tracing::debug!(elapsed = ?started.elapsed(), "MAS sessions open");
+
+    let load = load(&synapse, &ctx, plan, progress, senders).await;
+    let load_seconds = started.elapsed().as_secs_f64();
+    drop(synapse);
+    let (stats, stage_seconds) = match load {
+        Ok(v) => v,
+        Err(e) => {
+            runner.abort();
+            return Err(first_writer_error(writers).await.unwrap_or(e));
+        }
+    };
+    let written = join_writers(writers).await?;
+    pause_point("rebuild").await;
+    let rebuild_start = Instant::now();
+    for t in rebuild_tasks {
+        t.await.context("rebuild session panicked")??;
+    }
+    rebuild_bar.finish();
+    if !runner.complete() {
+        bail!("the index and constraint rebuild stopped before finishing");
+    }
+    let rebuild_seconds = rebuild_start.elapsed().as_secs_f64();
+    verify_written(&stats, &written)?;
+
+    pause_point("swap").await;
+    let swap_start = Instant::now();
+    shadow::swap(&mut main, runner.renames(), !opts.dry_run).await?;
+    if opts.dry_run {
+        shadow::drop_leftovers(&main).await?;
+    } else {
+        pause_point("committed").await;
+    }
+    let swap_seconds = swap_start.elapsed().as_secs_f64();
+    let entities = summarise(&stats, &stage_seconds)?;
+    Ok(Summary {
+        dry_run: opts.dry_run,
+        plan_mismatches: exact_plan
+            .map(|p| plan_mismatches(p, &entities))
+            .unwrap_or_default(),
+        entities,
+        mas_rows: written
+            .iter()
+            .map(|(t, n)| (t.name().to_owned(), *n))
+            .collect(),
+        invalid_device_ips: stats.invalid_ips,
+        load_seconds,
+        rebuild_seconds,
+        swap_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+        leftovers_dropped: leftovers,
+    })
+}
+
+/// After a failure or an interrupt: stops the run's MAS sessions and drops its shadow tables,
+/// so MAS is exactly as before. Returns the names dropped.
+///
+/// A run that never got the advisory lock has created nothing, and the shadow tables it would
+/// see belong to the run that holds the lock: it leaves them alone. A run that had the lock
+/// takes it again (its stopped sessions release it) before dropping anything, so a run that
+/// started in between keeps its tables.
+pub async fn cleanup(mas_db: &ConnectOptions, sessions: &Sessions) -> anyhow::Result<Vec<String>> {
+    if !sessions.locked.load(Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    let client = mas_db.connect("MAS").await?;
+    let pids = sessions.pids();
+    if !pids.is_empty() {
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&pids],
+            )
+            .await
+            .context("stopping this run's MAS sessions")?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if try_lock(
+            &client,
+            UPSTREAM_SYN2MAS_LOCK,
+            "the syn2mas advisory lock (again)",
+        )
+        .await?
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "another syn2mas run holds the advisory lock now; its shadow tables are left alone"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shadow::drop_leftovers(&client).await
+}
+
+/// Takes a session-level advisory lock on MAS if it is free.
+async fn try_lock(client: &Client, key: i64, what: &str) -> anyhow::Result<bool> {
+    Ok(client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await
+        .with_context(|| format!("taking {what} on MAS"))?
+        .get(0))
+}
+
+async fn take_locks(client: &Client) -> anyhow::Result<()> {
+    if !try_lock(client, UPSTREAM_SYN2MAS_LOCK, "the syn2mas advisory lock").await? {
+        bail!(
+            "another syn2mas (this tool or `mas-cli syn2mas`) is already running against this MAS database"
+        );
+    }
+    let db: String = client
+        .query_one("SELECT current_database()", &[])
+        .await?
+        .get(0);
+    let migrator_key = 0x3d32_ad9e_i64 * i64::from(crc32fast::hash(db.as_bytes()));
+    if !try_lock(client, migrator_key, "MAS's schema-migration advisory lock").await? {
+        bail!(
+            "`mas-cli database migrate` (or MAS starting up) is running against this MAS database; wait for it to finish"
+        );
+    }
+    Ok(())
+}
+
+/// The transform's context: ids, server name, providers map, "now".
+pub(crate) fn context(
+    mas: &MasConfig,
+    seed: Option<u64>,
+    ignore_missing_auth_providers: bool,
+    mode: Mode,
+) -> anyhow::Result<Ctx> {
+    let ids = match seed {
+        Some(seed) => Ids::from_seed(seed),
+        None => Ids::random(),
+    };
+    let providers: HashMap<String, u128> = mas
+        .providers
+        .iter()
+        .filter_map(|p| p.synapse_idp_id.clone().map(|s| (s, p.id.0)))
+        .collect();
+    let now_ms = match std::env::var(NOW_ENV).ok().and_then(|v| v.parse().ok()) {
+        Some(ms) => ms,
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("system clock before 1970")?
+            .as_millis() as i64,
+    };
+    Ok(Ctx::new(
+        ids,
+        &mas.homeserver,
+        now_ms,
+        providers,
+        ignore_missing_auth_providers,
+        mode,
+    ))
+}
+
+async fn spawn_rebuild(
+    mas_db: &ConnectOptions,
+    n: usize,
+    runner: &Arc<rebuild::Runner>,
+    bar: &indicatif::ProgressBar,
+    sessions: &Sessions,
+) -> anyhow::Result<Vec<JoinHandle<anyhow::Result<()>>>> {
+    let clients = open_sessions(mas_db, n.max(1), sessions).await?;
+    Ok(clients
+        .into_iter()
+        .map(|client| {
+            let bar = bar.clone();
+            tokio::spawn(runner.clone().session(client, move |_| bar.inc(1)))
+        })
+        .collect())
+}
+
+/// Opens `n` MAS sessions at once (a TLS handshake each; in series they add up).
+async fn open_sessions(
+    mas_db: &ConnectOptions,
+    n: usize,
+    sessions: &Sessions,
+) -> anyhow::Result<Vec<Client>> {
+    let clients = futures::future::try_join_all((0..n).map(|_| mas_db.connect("MAS"))).await?;
+    for c in &clients {
+        sessions.track(c).await?;
+    }
+    Ok(clients)
+}
+
+type Writers = Vec<(Target, JoinHandle<anyhow::Result<u64>>)>;
+
+async fn spawn_writers(
+    mas_db: &ConnectOptions,
+    runner: &Arc<rebuild::Runner>,
+    sessions: &Sessions,
+) -> anyhow::Result<(Senders, Writers)> {
+    let mut senders = BTreeMap::new();
+    let mut writers = Vec::new();
+    let clients = open_sessions(mas_db, Target::ALL.len(), sessions).await?;
+    for (t, client) in Target::ALL.into_iter().zip(clients) {
+        // The shadow tables are disposable until the swap, whose own commit is synchronous.
+        client.batch_execute("SET synchronous_commit = off").await?;
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        senders.insert(t, tx);
+        let runner = runner.clone();
+        writers.push((
+            t,
+            tokio::spawn(async move {
+                let rows = writer::run(client, t, rx).await?;
+                runner.loaded(t);
+                Ok(rows)
+            }),
+        ));
+    }
+    let senders = Senders {
+        writers: senders,
+        report: None,
+    };
+    Ok((senders, writers))
+}
+
+/// Streams every read through the transform into the writers, then ends the Synapse read
+/// transactions.
+async fn load(
+    synapse: &[Client],
+    ctx: &Arc<Ctx>,
+    plan: &Plan,
+    progress: &Progress,
+    senders: Senders,
+) -> anyhow::Result<pipeline::Outcome> {
+    let outcome = pipeline::run_all(synapse, ctx, plan, progress, senders).await?;
+    for client in synapse {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .context("closing the Synapse read transaction")?;
+    }
+    Ok(outcome)
+}
+
+/// When the load failed because a writer stopped, the writer's own error is the real cause.
+async fn first_writer_error(writers: Writers) -> Option<anyhow::Error> {
+    for (_, w) in writers {
+        w.abort();
+        if let Ok(Err(e)) = w.await {
+            return Some(e);
+        }
+    }
+    None
+}
+
+async fn join_writers(writers: Writers) -> anyhow::Result<BTreeMap<Target, u64>> {
+    let mut written = BTreeMap::new();
+    for (t, w) in writers {
+        written.insert(t, w.await.context("MAS writer panicked")??);
+    }
+    Ok(written)
+}
+
+/// The rows PostgreSQL stored must be the rows the transform encoded, table by table.
+fn verify_written(stats: &Stats, written: &BTreeMap<Target, u64>) -> anyhow::Result<()> {
+    for t in Target::ALL {
+        let encoded = stats.written.get(&t).copied().unwrap_or(0);
+        let stored = written.get(&t).copied().unwrap_or(0);
+        if encoded != stored {
+            bail!(
+                "MAS `{}` stored {stored} rows but syn2mas sent {encoded}; nothing was swapped in",
+                t.name()
+            );
+        }
+    }
+    Ok(())
+}
