@@ -17,5 +17,6 @@ pub mod report;
 pub mod secret;
 pub mod sink;
 pub mod source;
+pub mod test_hooks;
 pub mod transform;
 pub mod verify;

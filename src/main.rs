@@ -14,7 +14,7 @@ use syn2mas::exit;
 use syn2mas::migrate::{self, MigrateOptions, Sessions};
 use syn2mas::progress::Progress;
 use syn2mas::report::ReportDir;
-use syn2mas::transform::RowError;
+use syn2mas::transform::{RowError, Warnings};
 
 /// Target of the events that carry what is otherwise plain text on stderr (reports, refusals)
 /// with `--log-format json`; always let through, since the code decides what `-q` hides.
@@ -359,6 +359,7 @@ impl Run<'_> {
         }
         let opts = MigrateOptions {
             dry_run: args.dry_run,
+            allow_warnings: args.allow_warnings,
             report: self.report_dir.clone(),
             seed: args.seed,
             rebuild_sessions: args.rebuild_sessions,
@@ -401,6 +402,14 @@ impl Run<'_> {
                     }
                     self.summary(&report, serde_json::json!({ "refused": row.to_string() }))?;
                     return Ok(exit::CHECK_ERRORS);
+                }
+                if let Some(w) = e.chain().find_map(|c| c.downcast_ref::<Warnings>()) {
+                    eprintln!(
+                        "Refusing to migrate with warnings: {w}. Nothing was changed in MAS. \
+                         Review them with `syn2mas check`, then run again with --allow-warnings."
+                    );
+                    self.summary(&report, serde_json::json!({ "refused": w.to_string() }))?;
+                    return Ok(exit::CHECK_WARNINGS);
                 }
                 self.summary(&report, serde_json::json!({ "failed": format!("{e:#}") }))?;
                 Err(e

@@ -20,10 +20,6 @@ use crate::source::reads::{Device, ExternalId, Owner, Read, Threepid, Token, Use
 use crate::source::{Entity, Query, SessionRead, reader, spill};
 use crate::transform::{self, Ctx, Stats};
 
-/// Forces the number of partitions of the devices/tokens join (a power of two), so tests can
-/// split a small fixture as a large database would be split. Never changes what is written.
-pub const PARTITIONS_ENV: &str = "SYN2MAS_TEST_PARTITIONS";
-
 /// Chunks being transformed at once; with bounded channels this bounds memory.
 const IN_FLIGHT: usize = 3;
 
@@ -33,6 +29,8 @@ const IN_FLIGHT: usize = 3;
 pub struct Senders {
     pub writers: BTreeMap<Target, mpsc::Sender<Vec<u8>>>,
     pub report: Option<Arc<ReportDir>>,
+    /// Stop at the first batch with a warning (`migrate` without `--allow-warnings`).
+    pub refuse_warnings: bool,
 }
 
 impl Senders {
@@ -43,6 +41,7 @@ impl Senders {
                 .filter_map(|t| self.writers.get(t).map(|tx| (*t, tx.clone())))
                 .collect(),
             report: self.report.clone(),
+            refuse_warnings: self.refuse_warnings,
         }
     }
 }
@@ -142,25 +141,6 @@ pub async fn run_all(
     Ok((stats, seconds))
 }
 
-/// The preflight's reads: users and threepids only, on one session, counting.
-pub async fn run_preflight(
-    synapse: &Client,
-    ctx: &std::sync::Arc<Ctx>,
-    progress: &Progress,
-) -> anyhow::Result<Stats> {
-    let plan = Plan::default();
-    let (stats, _) = run_lane(
-        synapse,
-        ctx,
-        &ACCOUNT_STAGES[..2],
-        &plan,
-        progress,
-        Senders::default(),
-    )
-    .await?;
-    Ok(stats)
-}
-
 /// A lane's stages in order on one Synapse session; seconds are per stage.
 async fn run_lane(
     synapse: &Client,
@@ -205,11 +185,7 @@ async fn sessions_stage(
 ) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let rows = stage_rows(plan, Query::Sessions) + stage_rows(plan, Query::Users);
-    let parts = std::env::var(PARTITIONS_ENV)
-        .ok()
-        .and_then(|p| p.parse::<usize>().ok())
-        .filter(|p| p.is_power_of_two())
-        .unwrap_or_else(|| spill::partitions_for(rows));
+    let parts = crate::test_hooks::partitions().unwrap_or_else(|| spill::partitions_for(rows));
     spill::make_room_for_files(parts * SessionRead::ALL.len())
         .context("raising the open-files limit for the partition files")?;
     let read_bar = progress.bar("devices and tokens: read", rows, "rows");
@@ -371,6 +347,9 @@ async fn forward(
             tx.send(enc.into_bytes())
                 .await
                 .map_err(|_| anyhow::anyhow!("the MAS writer for `{}` stopped", target.name()))?;
+        }
+        if senders.refuse_warnings && !batch.stats.findings.is_empty() {
+            return Err(transform::Warnings(batch.stats.findings).into());
         }
         stats.merge(&batch.stats);
         if let Some(report) = &senders.report {

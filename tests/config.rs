@@ -913,18 +913,7 @@ async fn connect_with_an_inline_client_identity() {
 }
 
 /// A self-signed certificate that did not sign the server's certificate.
-const OTHER_ROOT: &str = "-----BEGIN CERTIFICATE-----
-MIIBnDCCAUGgAwIBAgIUGPMdgy8zu5SFg7QHuT13Jt4oHFMwCgYIKoZIzj0EAwIw
-IjEgMB4GA1UEAwwXc3luMm1hcy10ZXN0LW90aGVyLXJvb3QwIBcNMjYxMTI1MDcz
-NTM4WhgPMjEyNjExMDEwNzM1MzhaMCIxIDAeBgNVBAMMF3N5bjJtYXMtdGVzdC1v
-dGhlci1yb290MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEppdNgXLArx6zB7fb
-b3h2SWjN0Sw5EWwrG62Cm5Ag/EKvIjpy6MCNJgtsInJn6NletHm0h2dDWWnDmqhD
-Wk2ic6NTMFEwHQYDVR0OBBYEFHwn4NV4wUrhPf7dKYNJ3XRF7GY7MB8GA1UdIwQY
-MBaAFHwn4NV4wUrhPf7dKYNJ3XRF7GY7MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI
-zj0EAwIDSQAwRgIhAMf1Z/CYQuxBbhP9pma/24OtSaqZliK0VFuzPeGyOQR7AiEA
-kSum5oyhltT/bRD88CWhdFbLvznN0SS1BPnT4Qv8JpM=
------END CERTIFICATE-----
-";
+const OTHER_ROOT: &str = include_str!("../fixtures/tls/other-root.pem");
 
 /// The private key of `OTHER_ROOT` (PKCS#8), a throwaway made for these tests only.
 const OTHER_KEY: &str = "-----BEGIN PRIVATE KEY-----

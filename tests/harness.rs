@@ -165,12 +165,14 @@ async fn summary(client: &Client, table: &str) -> Vec<String> {
            LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
           WHERE n.nspname = 'public' AND c.relname::text = $1::text
             AND a.attnum > 0 AND NOT a.attisdropped",
+        // PostgreSQL 18 also lists every NOT NULL as a constraint (contype 'n'); the columns
+        // line above already says which are NOT NULL, so the summary reads the same on 13–18.
         "SELECT 'constraints ' || $1::text || ': ' || coalesce(string_agg(
                 k.conname || ' ' || k.contype::text, ', ' ORDER BY k.conname), '')
            FROM pg_constraint k
            JOIN pg_class c ON c.oid = k.conrelid
            JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = 'public' AND c.relname::text = $1::text",
+          WHERE n.nspname = 'public' AND c.relname::text = $1::text AND k.contype::text <> 'n'",
         "SELECT 'indexes ' || $1::text || ': '
                 || coalesce(string_agg(indexname, ', ' ORDER BY indexname), '')
            FROM pg_indexes WHERE schemaname = 'public' AND tablename::text = $1::text",

@@ -1195,10 +1195,9 @@ async fn timestamps_postgresql_cannot_hold_are_check_errors() {
 /// Row-level problems in the tables other than `users`. An orphan device: the default
 /// `migrate` runs only the preflight checks, finds it while reading and refuses with exit 10
 /// naming the row, MAS untouched; `--full-check` refuses before reading anything, with the
-/// full report. A threepid on another server: the preflight's counting run over threepids
-/// reports it. A hidden device and a puppet token on another server: the transform checks
-/// every row's server name before any skip reason, so even rows it would skip are refused,
-/// naming the table and the row. Once fixed, both scopes migrate.
+/// full report. A threepid, a hidden device and a puppet token on another server: the
+/// transform checks every row's server name before any skip reason, so even rows it would
+/// skip are refused, naming the table and the row. Once fixed, both scopes migrate.
 #[tokio::test(flavor = "multi_thread")]
 async fn row_problems_outside_users_stop_migrate_in_both_check_scopes() {
     let env = Env::new().await;
@@ -1230,12 +1229,10 @@ async fn row_problems_outside_users_stop_migrate_in_both_check_scopes() {
                ('@alice:elsewhere.org', 'email', 'a@elsewhere.org', 0, 0);",
         )
         .await;
-    // Threepids are read by the preflight (the transform in counting mode), so this one is in
-    // the report before the migration starts.
     let out = env.run(&["migrate", "--allow-warnings"]);
-    out.expect(10, "@alice:elsewhere.org")
+    out.expect(10, "Synapse `user_threepids` row `@alice:elsewhere.org`")
         .expect(10, "E-server-name")
-        .expect(10, "Refusing to migrate: the checks found");
+        .expect(10, "Refusing to migrate");
     env.assert_untouched("foreign threepid").await;
 
     env.synapse

@@ -99,9 +99,13 @@ fn uuid_text(b: [u8; 16]) -> String {
     )
 }
 
-/// `benches/out/`, created if needed.
+/// `benches/out`, or `$SYN2MAS_BENCH_OUT` when set (the PostgreSQL matrix, `tests/pg-matrix`,
+/// generates on several servers at once and gives each its own folder); created if needed.
 pub fn out_dir() -> Result<PathBuf> {
-    let dir = crate_dir().join("benches").join("out");
+    let dir = match std::env::var_os("SYN2MAS_BENCH_OUT").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => crate_dir().join("benches").join("out"),
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }

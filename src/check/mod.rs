@@ -54,10 +54,11 @@ pub enum Scope {
     #[default]
     /// Every check and the exact plan (`syn2mas check`, `migrate --full-check`).
     Full,
-    /// Configuration, both schemas, MAS's state, providers, duplicate tokens, and the
-    /// transform's counting run over `users` and `user_threepids` only: what `migrate` needs
-    /// before it starts. The row-level problems of the other tables are refused by the
-    /// migration's transform itself, which stops before MAS sees anything.
+    /// Configuration, both schemas, MAS's state, providers and duplicate tokens: what
+    /// `migrate` needs before it starts. What `check` says about single rows is enforced by
+    /// the migration's own transform while it reads (the same code `check`'s counting run
+    /// uses): a row it refuses, or without `--allow-warnings` a row `check` warns about,
+    /// stops the run before MAS sees anything.
     Preflight,
 }
 
@@ -203,8 +204,7 @@ pub(crate) async fn describe(
 
 /// Schema findings, and the data checks when the schema allows them (`None` when the schema
 /// itself is the problem: the reads would only fail on missing columns): the provider counts
-/// and duplicate tokens, and the transform's counting run (every read for the full scope,
-/// users and threepids for the preflight).
+/// and duplicate tokens, and (full scope) the transform's counting run over every read.
 async fn inspect_synapse(
     inputs: &CheckInputs<'_>,
     client: &Client,
@@ -236,13 +236,9 @@ async fn inspect_synapse(
                     pipeline::run_all(readers, &ctx, &sizes, inputs.progress, senders).await?;
                 Ok::<_, anyhow::Error>(stats)
             }
-            Scope::Preflight => pipeline::run_preflight(client, &ctx, inputs.progress).await,
+            Scope::Preflight => Ok(Stats::default()),
         }
     };
-    let (facts, counted) = match inputs.scope {
-        // The preflight's reads share the one session with the other queries.
-        Scope::Preflight => (synapse_data::inspect(client).await?, counted.await?),
-        Scope::Full => tokio::try_join!(synapse_data::inspect(client), counted)?,
-    };
+    let (facts, counted) = tokio::try_join!(synapse_data::inspect(client), counted)?;
     Ok((schema, Some((facts, counted))))
 }

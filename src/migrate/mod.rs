@@ -34,24 +34,7 @@ use crate::transform::{Ctx, Ids, Mode, Stats};
 /// §1.4): holding it keeps the upstream tool and syn2mas from running at the same time.
 const UPSTREAM_SYN2MAS_LOCK: i64 = 6_584_285_998_412_104_315;
 
-/// Environment variable naming a point where a run stops and waits (`after-users`, `rebuild`,
-/// `swap`), so tests can kill it or break its connections at an exact moment. Unset in
-/// production; it only ever adds a wait, never changes what is written.
-pub const PAUSE_ENV: &str = "SYN2MAS_TEST_PAUSE";
-/// How long a pause lasts (seconds, default 600).
-pub const PAUSE_SECS_ENV: &str = "SYN2MAS_TEST_PAUSE_SECS";
-/// Fixes the migration's "now" (Unix ms) so two test runs produce identical rows.
-pub const NOW_ENV: &str = "SYN2MAS_TEST_NOW_MS";
-pub(crate) async fn pause_point(point: &str) {
-    if std::env::var(PAUSE_ENV).is_ok_and(|p| p == point) {
-        let secs = std::env::var(PAUSE_SECS_ENV)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(600);
-        eprintln!("syn2mas: paused at {point}");
-        tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
-    }
-}
+pub(crate) use crate::test_hooks::pause as pause_point;
 
 /// Encoded bodies queued per MAS table; with `IN_FLIGHT` and the chunk size this is what bounds
 /// memory (a few MiB per table at most), whatever the number of users.
@@ -60,6 +43,8 @@ const WRITER_QUEUE: usize = 2;
 #[derive(Debug, Clone)]
 pub struct MigrateOptions {
     pub dry_run: bool,
+    /// `--allow-warnings`: without it, rows `check` reports as warnings stop the run.
+    pub allow_warnings: bool,
     /// `--report DIR`: every row the run skips (or the row it refuses).
     pub report: Option<Arc<crate::report::ReportDir>>,
     pub seed: Option<u64>,
@@ -165,6 +150,7 @@ pub async fn run(
         Mode::Migrate,
     )?;
     ctx.report = opts.report.is_some();
+    ctx.refuse_warnings = !opts.allow_warnings;
     let ctx = Arc::new(ctx);
     for client in &synapse {
         // Some reads hash-join millions of rows (owners of threepids and external ids, refresh
@@ -201,6 +187,7 @@ pub async fn run(
     .await?;
     let (mut senders, writers) = spawn_writers(mas_db, &runner, sessions).await?;
     senders.report = opts.report.clone();
+    senders.refuse_warnings = !opts.allow_warnings;
     tracing::debug!(elapsed = ?started.elapsed(), "MAS sessions open");
 
     let load = load(&synapse, &ctx, plan, progress, senders).await;
@@ -342,7 +329,7 @@ pub(crate) fn context(
         .iter()
         .filter_map(|p| p.synapse_idp_id.clone().map(|s| (s, p.id.0)))
         .collect();
-    let now_ms = match std::env::var(NOW_ENV).ok().and_then(|v| v.parse().ok()) {
+    let now_ms = match crate::test_hooks::now_ms() {
         Some(ms) => ms,
         None => SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -416,7 +403,7 @@ async fn spawn_writers(
     }
     let senders = Senders {
         writers: senders,
-        report: None,
+        ..Senders::default()
     };
     Ok((senders, writers))
 }

@@ -1,6 +1,8 @@
 //! Shadow tables: created empty next to the real ones, loaded and rebuilt, then swapped in by
 //! one transaction.
 
+use std::collections::HashSet;
+
 use anyhow::{Context, bail};
 use tokio_postgres::{Client, Transaction};
 
@@ -101,12 +103,25 @@ pub async fn preflight(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The statement creating `target`'s empty shadow table: same columns, defaults and storage
-/// as the real one, no indexes or constraints (those are built after the load), autovacuum off
-/// so it does not compete with the rebuild for the CPU.
-pub fn create_shadow_sql(target: Target) -> String {
+/// The first `server_version_num` with per-column compression (`LIKE … INCLUDING COMPRESSION`,
+/// `ALTER TABLE … SET COMPRESSION`): PostgreSQL 14.
+pub const COMPRESSION_SINCE: i32 = 140_000;
+
+/// The statement creating `target`'s empty shadow table: same columns, defaults, storage and
+/// (from PostgreSQL 14 on) column compression as the real one, no indexes or constraints (those
+/// are built after the load), autovacuum off so it does not compete with the rebuild for the CPU.
+///
+/// `server_version_num` is MAS's server's. PostgreSQL 13 has no per-column compression, so
+/// there is nothing to copy and the clause (a syntax error there) is left out; from 14 on it
+/// keeps a `SET COMPRESSION lz4` an operator gave a MAS column.
+pub fn create_shadow_sql(target: Target, server_version_num: i32) -> String {
+    let compression = if server_version_num >= COMPRESSION_SINCE {
+        " INCLUDING COMPRESSION"
+    } else {
+        ""
+    };
     format!(
-        "CREATE TABLE {shadow} (LIKE {real} INCLUDING DEFAULTS INCLUDING STORAGE INCLUDING COMPRESSION \
+        "CREATE TABLE {shadow} (LIKE {real} INCLUDING DEFAULTS INCLUDING STORAGE{compression} \
          INCLUDING GENERATED INCLUDING IDENTITY) WITH (autovacuum_enabled = false)",
         shadow = shadow_name(target),
         real = target.name()
@@ -130,7 +145,8 @@ pub enum Rename {
 struct Carried {
     incoming: Vec<(String, String, String)>,
     owners: Vec<(String, String)>,
-    grants: Vec<String>,
+    /// (table, GRANT statement, whether it only spells out the table's NULL ACL).
+    grants: Vec<(String, String, bool)>,
     options: Vec<(String, Vec<String>)>,
     comments: Vec<(String, String)>,
 }
@@ -184,7 +200,7 @@ pub async fn swap(client: &mut Client, renames: &[Rename], commit: bool) -> anyh
             .map_err(crate::db::without_detail)
             .with_context(|| format!("swap: {sql}"))?;
     }
-    restore(&tx, &carried).await?;
+    restore(&tx, &carried, &names).await?;
     if commit {
         tx.commit().await.context("committing the swap")?;
     } else {
@@ -236,7 +252,7 @@ async fn carried(tx: &Transaction<'_>, names: &[&str]) -> anyhow::Result<Carried
     let grants = q(include_str!("../../sql/swap_grants.sql"))
         .await?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     let options = q("SELECT quote_ident(c.relname), c.reloptions FROM pg_class c
                       WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY($1)
@@ -261,12 +277,51 @@ async fn carried(tx: &Transaction<'_>, names: &[&str]) -> anyhow::Result<Carried
     })
 }
 
-async fn restore(tx: &Transaction<'_>, c: &Carried) -> anyhow::Result<()> {
+/// The (renamed) shadow tables that hold privileges of their own: a new table gets its
+/// creator's default privileges (`ALTER DEFAULT PRIVILEGES`), which the real table may not have
+/// had. Per table, every holder of a privilege, as REVOKE statements.
+const SHADOW_PRIVILEGES: &str = "
+    SELECT c.relname::text,
+           format('REVOKE ALL ON TABLE %I FROM %s', c.relname,
+                  CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                       ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
+      FROM pg_class c, aclexplode(c.relacl) a
+     WHERE c.relnamespace = current_schema()::regnamespace
+       AND c.relname = ANY($1)
+       AND c.relkind = 'r'
+     GROUP BY 1, 2
+     ORDER BY 1, 2";
+
+async fn restore(tx: &Transaction<'_>, c: &Carried, names: &[&str]) -> anyhow::Result<()> {
     let mut sql = Vec::new();
     for (table, owner) in &c.owners {
         sql.push(format!("ALTER TABLE {table} OWNER TO {owner}"));
     }
-    sql.extend(c.grants.iter().cloned());
+    for s in sql.drain(..) {
+        tx.batch_execute(&s)
+            .await
+            .map_err(crate::db::without_detail)
+            .with_context(|| format!("swap: {s}"))?;
+    }
+    // A shadow without an ACL of its own (the usual case) has its owner's default privileges,
+    // like a real table without one: replaying the real table's explicit grants gives the same
+    // ACL. A shadow that got default privileges loses all of them first and then gets the
+    // real table's complete privileges, spelt-out owner defaults included: the same privileges
+    // (the ACL then lists the owner's explicitly where the real table had NULL).
+    let own: Vec<(String, String)> = tx
+        .query(SHADOW_PRIVILEGES, &[&names])
+        .await
+        .context("reading the privileges of the new MAS tables")?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let with_own_acl: HashSet<&str> = own.iter().map(|(t, _)| t.as_str()).collect();
+    sql.extend(own.iter().map(|(_, revoke)| revoke.clone()));
+    for (table, grant, spells_out_null) in &c.grants {
+        if !spells_out_null || with_own_acl.contains(table.as_str()) {
+            sql.push(grant.clone());
+        }
+    }
     for (table, options) in &c.options {
         // reloptions entries are `name=value` pairs PostgreSQL itself validated.
         sql.push(format!("ALTER TABLE {table} SET ({})", options.join(", ")));
@@ -284,4 +339,31 @@ async fn restore(tx: &Transaction<'_>, c: &Carried) -> anyhow::Result<()> {
             .with_context(|| format!("swap: {s}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_is_copied_only_where_the_server_has_it() {
+        for target in Target::ALL {
+            let pg13 = create_shadow_sql(target, 130_023);
+            let pg14 = create_shadow_sql(target, 140_000);
+            let pg18 = create_shadow_sql(target, 180_004);
+            assert!(!pg13.contains("COMPRESSION"), "{pg13}");
+            assert!(pg14.contains("INCLUDING COMPRESSION"), "{pg14}");
+            assert!(pg18.contains("INCLUDING COMPRESSION"), "{pg18}");
+            for sql in [&pg13, &pg14, &pg18] {
+                assert!(
+                    sql.contains("INCLUDING DEFAULTS INCLUDING STORAGE"),
+                    "{sql}"
+                );
+                assert!(
+                    sql.contains("INCLUDING GENERATED INCLUDING IDENTITY"),
+                    "{sql}"
+                );
+            }
+        }
+    }
 }

@@ -21,8 +21,13 @@ pub async fn run(
     mut rx: mpsc::Receiver<Vec<u8>>,
 ) -> anyhow::Result<u64> {
     let what = || format!("writing MAS `{}`", target.name());
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .with_context(what)?
+        .get(0);
     client
-        .batch_execute(&format!("BEGIN; {}", create_shadow_sql(target)))
+        .batch_execute(&format!("BEGIN; {}", create_shadow_sql(target, version)))
         .await
         .with_context(what)?;
     let Some(first) = rx.recv().await else {

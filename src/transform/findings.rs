@@ -61,6 +61,47 @@ pub enum Note {
     TokenHiddenDevice,
 }
 
+impl Note {
+    /// The `check` warning that reports it.
+    pub fn finding_id(self) -> &'static str {
+        use crate::check::ids;
+        match self {
+            Note::Guest => ids::GUESTS,
+            Note::ForeignHash => ids::NON_BCRYPT_HASHES,
+            Note::NonEmail => ids::NON_EMAIL_THREEPIDS,
+            Note::AppserviceColon => ids::APPSERVICE_COLON,
+            Note::TokenHiddenDevice => ids::TOKEN_HIDDEN_DEVICE,
+        }
+    }
+}
+
+/// Rows `migrate` met that `check` reports as warnings, when it runs without
+/// `--allow-warnings`: it stops before the swap, and MAS is left as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", describe(.0))]
+pub struct Warnings(pub Findings);
+
+fn describe(found: &Findings) -> String {
+    let list: Vec<String> = found
+        .0
+        .iter()
+        .filter_map(|((entity, kind), tally)| match kind {
+            Kind::Note(n) => Some(format!(
+                "{} in `{}` ({} so far, e.g. {})",
+                n.finding_id(),
+                entity.name(),
+                tally.count,
+                tally.examples.first().map_or("?", String::as_str)
+            )),
+            Kind::Problem(_) => None,
+        })
+        .collect();
+    format!(
+        "the rows hold what `syn2mas check` reports as warnings: {}",
+        list.join("; ")
+    )
+}
+
 /// A problem or a note.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {

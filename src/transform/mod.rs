@@ -21,7 +21,7 @@ use crate::db::copy_binary::{self, Encoder};
 use crate::sink::tables::Target;
 use crate::source::reads::{ColumnError, Read};
 use crate::source::{Entity, Query};
-pub use findings::{Findings, Kind, Note, Problem};
+pub use findings::{Findings, Kind, Note, Problem, Warnings};
 pub use ids::Ids;
 use rules::Reason;
 pub use skipped::{RowRef, SkippedRow};
@@ -49,6 +49,9 @@ pub struct Ctx {
     pub mode: Mode,
     /// Keep every skipped or refused row for `--report` ([`Batch::skipped_rows`]).
     pub report: bool,
+    /// Record notes while migrating too: `migrate` without `--allow-warnings` stops at the
+    /// first batch that has one (see `pipeline`).
+    pub refuse_warnings: bool,
     sizes: SizeHints,
 }
 
@@ -96,6 +99,7 @@ impl Ctx {
             ignore_missing_auth_providers,
             mode,
             report: false,
+            refuse_warnings: false,
             sizes: SizeHints::default(),
         }
     }
@@ -173,6 +177,7 @@ pub struct Batch {
     capacity: [usize; Target::ALL.len()],
     mode: Option<Mode>,
     report: bool,
+    notes: bool,
 }
 
 impl Batch {
@@ -181,6 +186,7 @@ impl Batch {
             capacity: ctx.sizes.get(),
             mode: Some(ctx.mode),
             report: ctx.report,
+            notes: ctx.mode == Mode::Count || ctx.refuse_warnings,
             ..Self::default()
         }
     }
@@ -234,9 +240,9 @@ impl Batch {
         }
     }
 
-    /// Records a note about a row when counting (`migrate` has no use for them).
+    /// Records a note about a row when counting, or when `migrate` refuses warnings.
     fn note(&mut self, entity: Entity, note: Note, example: impl FnOnce() -> String) {
-        if self.counting() {
+        if self.notes {
             self.stats
                 .findings
                 .add(entity, Kind::Note(note), &example());

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the container image from the repository's Dockerfile and runs it against the test
 # PostgreSQL on the bundled fixture: --version (with the git commit), the image's user, `check`,
-# a `migrate` stopped by `docker stop` (SIGTERM to PID 1: rolled back, exit 143, MAS untouched),
+# a `migrate` stopped by `docker stop` while its swap waits for a lock the script holds (SIGTERM
+# to PID 1: rolled back, exit 143, MAS untouched),
 # then `migrate` (exit 0, rows in MAS equal to what it reports, progress lines in the log) and
 # `verify` (exit 0). Not part of .ci/run (see README, "Container image"): it takes minutes and
 # needs a Docker daemon.
@@ -236,17 +237,39 @@ echo "exit $rc"; tail -5 "$WORK/syn2mas-test-check-$SUFFIX.err"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["exit_code"]==11 and d["warnings"] and not d["errors"], d["exit_code"]' \
     "$WORK/syn2mas-test-check-$SUFFIX.out" && ok "check --json: warnings, no errors" || fail "check --json output"
 
-say "migrate, stopped by docker stop (SIGTERM to PID 1)"
+# The image has no test hooks (SYN2MAS_TEST_PAUSE is compiled out of release builds): to stop a
+# run in the middle, a session of ours holds ACCESS SHARE on MAS's `users`, so the final swap
+# (LOCK TABLE … ACCESS EXCLUSIVE, lock_timeout 60 s) waits with every shadow table built.
+HOLDER=""
+hold_mas_users() {
+    psql -X -q -d "$MAS_DB" -c "BEGIN; LOCK TABLE users IN ACCESS SHARE MODE; SELECT pg_sleep(300); COMMIT" >/dev/null 2>&1 &
+    HOLDER=$!
+    for _ in $(seq 1 50); do
+        [ "$(psql -X -q -d postgres -Atc "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.datname = '$MAS_DB' AND a.query LIKE '%pg_sleep(300)%' AND l.granted AND l.mode = 'AccessShareLock'")" -gt 0 ] && return 0
+        sleep 0.2
+    done
+    echo "could not take the lock on $MAS_DB.users" >&2; exit 1
+}
+release_mas_users() {
+    psql -X -q -d postgres -Atc "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '$MAS_DB' AND query LIKE '%pg_sleep(300)%' AND pid <> pg_backend_pid()" >/dev/null
+    [ -n "$HOLDER" ] && wait "$HOLDER" 2>/dev/null || true
+    HOLDER=""
+}
+wait_for_swap() {  # until a session of MAS waits for a lock in LOCK TABLE (the swap)
+    for _ in $(seq 1 120); do
+        [ "$(psql -X -q -d postgres -Atc "SELECT count(*) FROM pg_stat_activity WHERE datname = '$MAS_DB' AND wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE%'")" -gt 0 ] && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+say "migrate, stopped by docker stop (SIGTERM to PID 1) while its swap waits"
+hold_mas_users
 name="syn2mas-test-term-$SUFFIX"; CONTAINERS+=("$name")
-docker run -d --name "$name" --network host -v "$WORK/config:/config:ro" \
-    -e SYN2MAS_TEST_PAUSE=rebuild -e SYN2MAS_TEST_PAUSE_SECS=600 "$IMAGE" \
+docker run -d --name "$name" --network host -v "$WORK/config:/config:ro" "$IMAGE" \
     -c /config/mas.yaml --synapse-config /config/homeserver.yaml migrate --allow-warnings >/dev/null
-for _ in $(seq 1 60); do
-    docker logs "$name" 2>&1 | grep -q "paused at rebuild" && break
-    sleep 1
-done
-docker logs "$name" 2>&1 | grep -q "paused at rebuild" || fail "migrate never reached the rebuild pause"
-[ "$(shadows)" -gt 0 ] && ok "paused with shadow tables" || fail "no shadow tables while paused"
+wait_for_swap && ok "the swap waits for our lock" || fail "migrate never reached the swap"
+[ "$(shadows)" -gt 0 ] && ok "waiting with shadow tables built" || fail "no shadow tables while waiting"
 start=$SECONDS
 docker stop -t 60 "$name" >/dev/null
 took=$((SECONDS - start))
@@ -255,6 +278,7 @@ docker logs "$name" 2>&1 | tail -3
 [ "$rc" = 143 ] && ok "exit 143 after SIGTERM, in $took s" || fail "exit $rc after docker stop (expected 143; 137 means SIGTERM was ignored)"
 docker logs "$name" 2>&1 | grep -q "rolled back" && ok "says it rolled back" || fail "no rollback message"
 [ "$(shadows)" = 0 ] && ok "no shadow tables left" || fail "shadow tables left after SIGTERM"
+release_mas_users
 [ "$(mas_rows)" = 0 ] && ok "MAS untouched" || fail "MAS has rows after an interrupted run"
 
 say "migrate"
@@ -302,16 +326,13 @@ fresh_mas() {
 
 say "deploy/kubernetes/steps.sh in the image: stopped by docker stop while migrating"
 fresh_mas
+hold_mas_users
 name="syn2mas-test-steps-term-$SUFFIX"; CONTAINERS+=("$name")
 docker run -d --name "$name" --network host --read-only --tmpfs /tmp:rw,size=64m \
     -v "$WORK/config:/config:ro" -v "$REPO/deploy/kubernetes/steps.sh:/steps/steps.sh:ro" \
     -e SYN2MAS_STEPS=migrate -e SYN2MAS_ALLOW_WARNINGS=true \
-    -e SYN2MAS_TEST_PAUSE=rebuild -e SYN2MAS_TEST_PAUSE_SECS=600 \
     --entrypoint /bin/sh "$IMAGE" /steps/steps.sh >/dev/null
-for _ in $(seq 1 60); do
-    docker logs "$name" 2>&1 | grep -q "paused at rebuild" && break
-    sleep 1
-done
+wait_for_swap || fail "steps.sh: migrate never reached the swap"
 start=$SECONDS
 docker stop -t 60 "$name" >/dev/null
 rc=$(docker inspect -f '{{.State.ExitCode}}' "$name")
@@ -319,6 +340,7 @@ docker logs "$name" 2>&1 | grep "syn2mas-steps:" | tail -3
 [ "$rc" = 143 ] && ok "exit 143 after docker stop, in $((SECONDS - start)) s (sh as PID 1 passed SIGTERM on)" \
     || fail "steps.sh exit $rc after docker stop (expected 143; 137 means the signal was not passed on)"
 [ "$(shadows)" = 0 ] && [ "$(mas_rows)" = 0 ] && ok "MAS untouched" || fail "MAS changed after an interrupted steps.sh"
+release_mas_users
 
 say "deploy/kubernetes/steps.sh in the image: the whole sequence"
 rc=$(steps_run steps -e SYN2MAS_ALLOW_WARNINGS=true)
