@@ -404,9 +404,12 @@ impl Run<'_> {
                     return Ok(exit::CHECK_ERRORS);
                 }
                 if let Some(w) = e.chain().find_map(|c| c.downcast_ref::<Warnings>()) {
-                    eprintln!(
-                        "Refusing to migrate with warnings: {w}. Nothing was changed in MAS. \
-                         Review them with `syn2mas check`, then run again with --allow-warnings."
+                    say(
+                        Level::Error,
+                        &format!(
+                            "Refusing to migrate with warnings: {w}. Nothing was changed in MAS. \
+                             Review them with `syn2mas check`, then run again with --allow-warnings."
+                        ),
                     );
                     self.summary(&report, serde_json::json!({ "refused": w.to_string() }))?;
                     return Ok(exit::CHECK_WARNINGS);
