@@ -7,10 +7,22 @@ use crate::secret::Secret;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// `syn2mas --version`: the crate version and the git commit it was built from (`build.rs`;
+/// "unknown" when built outside a git checkout without `SYN2MAS_GIT_COMMIT`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SYN2MAS_GIT_COMMIT"),
+    ")"
+);
+
+/// The git commit alone, as `build.rs` found it.
+pub const GIT_COMMIT: &str = env!("SYN2MAS_GIT_COMMIT");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "syn2mas",
-    version,
+    version = VERSION,
     about = "Move a Matrix homeserver's accounts from Synapse into Matrix Authentication Service",
     long_about = "Move a Matrix homeserver's accounts from Synapse's PostgreSQL database into Matrix \
                   Authentication Service (MAS).\n\nRun `syn2mas check` days before the cutover, \
@@ -64,10 +76,20 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
 
+    /// Format of the log lines on stderr: `json` makes every stderr line one JSON object (for log collectors)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Write the JSON summary and, per Synapse table, every skipped or refused row (JSON Lines;
     /// user ids and keys, never a token, hash or password) into DIR (check, migrate, verify)
     #[arg(long, global = true, value_name = "DIR")]
     pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -87,6 +109,17 @@ pub enum Command {
     Verify,
     /// Create two demo databases from the bundled fixture on the local PostgreSQL, then check and migrate them
     Demo,
+    /// Print a shell completion script for bash, zsh or fish on stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, or write one page per command into a folder
+    Man {
+        /// Write syn2mas.1 and syn2mas-<command>.1 into this folder instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -134,6 +167,8 @@ impl std::fmt::Debug for GlobalArgs {
             .field("verbose", &self.verbose)
             .field("quiet", &self.quiet)
             .field("color", &self.color)
+            .field("log_format", &self.log_format)
+            .field("report", &self.report)
             .finish()
     }
 }
@@ -150,6 +185,52 @@ impl GlobalArgs {
             _ => vec![PathBuf::from("config.yaml")],
         }
     }
+}
+
+/// `syn2mas completions SHELL`: the completion script, generated from the definitions above.
+pub fn write_completions(
+    shell: clap_complete::Shell,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    // Generated into memory first: clap_complete panics when its writer fails (a closed pipe).
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "syn2mas", &mut buf);
+    out.write_all(&buf)?;
+    out.flush()
+}
+
+/// `syn2mas man`: the top-level man page (roff), generated from the definitions above.
+pub fn write_man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
+}
+
+/// `syn2mas man --dir DIR`: `syn2mas.1` and one `syn2mas-<command>.1` per subcommand. Returns
+/// the files written.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    let mut write = |name: String, page: clap::Command| -> std::io::Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        clap_mangen::Man::new(page).render(&mut file)?;
+        std::io::Write::flush(&mut file)?;
+        written.push(path);
+        Ok(())
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("syn2mas-{}", sub.get_name());
+        // The page's title is the display name, its synopsis the bin name.
+        let page = sub
+            .clone()
+            .display_name(name.clone())
+            .bin_name(format!("syn2mas {}", sub.get_name()))
+            .version(VERSION);
+        write(name, page)?;
+    }
+    write("syn2mas".to_owned(), cmd)?;
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use syn2mas::check::{self, CheckInputs, Report};
-use syn2mas::cli::{Cli, ColorChoice, Command, GlobalArgs, MigrateArgs};
+use syn2mas::cli::{Cli, ColorChoice, Command, GlobalArgs, LogFormat, MigrateArgs};
 use syn2mas::config::{self, MasConfig, SynapseConfig};
 use syn2mas::db::ConnectOptions;
 use syn2mas::exit;
@@ -15,6 +15,43 @@ use syn2mas::migrate::{self, MigrateOptions, Sessions};
 use syn2mas::progress::Progress;
 use syn2mas::report::ReportDir;
 use syn2mas::transform::{RowError, Warnings};
+
+/// Target of the events that carry what is otherwise plain text on stderr (reports, refusals)
+/// with `--log-format json`; always let through, since the code decides what `-q` hides.
+const STDERR_TARGET: &str = "syn2mas::stderr";
+
+/// `--log-format`, set once by `init_tracing`.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+#[derive(Clone, Copy)]
+enum Level {
+    Error,
+    Warn,
+    Info,
+}
+
+/// Human text for stderr: as is, or with `--log-format json` as one log record (the text in
+/// `fields.message`), so that every stderr line is a JSON object.
+fn say(level: Level, text: &str) {
+    let text = text.trim_end();
+    match (LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text), level) {
+        (LogFormat::Text, _) => eprintln!("{text}"),
+        (LogFormat::Json, Level::Error) => tracing::error!(target: STDERR_TARGET, "{text}"),
+        (LogFormat::Json, Level::Warn) => tracing::warn!(target: STDERR_TARGET, "{text}"),
+        (LogFormat::Json, Level::Info) => tracing::info!(target: STDERR_TARGET, "{text}"),
+    }
+}
+
+/// Renders a human report for stderr, then `say`s it.
+fn say_rendered(
+    level: Level,
+    render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    render(&mut buf)?;
+    say(level, &String::from_utf8_lossy(&buf));
+    Ok(())
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,14 +65,17 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("Error: cannot start the async runtime: {e}");
+            say(
+                Level::Error,
+                &format!("Error: cannot start the async runtime: {e}"),
+            );
             return ExitCode::from(exit::FAILURE);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            say(Level::Error, &format!("Error: {e:#}"));
             ExitCode::from(exit::FAILURE)
         }
     }
@@ -50,18 +90,28 @@ fn init_tracing(g: &GlobalArgs) {
         (false, 1) => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::new(format!("warn,syn2mas={level}"));
+    let filter =
+        tracing_subscriber::EnvFilter::new(format!("warn,syn2mas={level},{STDERR_TARGET}=info"));
     let ansi = match g.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
         ColorChoice::Auto => std::io::stderr().is_terminal(),
     };
-    tracing_subscriber::fmt()
+    let _ = LOG_FORMAT.set(g.log_format);
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match g.log_format {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        // One JSON object per line: {"timestamp", "level", "fields": {"message", ...}}.
+        LogFormat::Json => fmt
+            .json()
+            .with_ansi(false)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Everything both subcommands need before they differ.
@@ -103,6 +153,26 @@ fn load(g: &GlobalArgs) -> anyhow::Result<Loaded> {
 }
 
 async fn run(mut cli: Cli) -> anyhow::Result<u8> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            syn2mas::cli::write_completions(*shell, &mut out)?;
+            return Ok(exit::OK);
+        }
+        Command::Man { dir: None } => {
+            syn2mas::cli::write_man_page(&mut std::io::stdout().lock())?;
+            return Ok(exit::OK);
+        }
+        Command::Man { dir: Some(dir) } => {
+            let written = syn2mas::cli::write_man_pages(dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            return Ok(exit::OK);
+        }
+        _ => {}
+    }
     if matches!(cli.command, Command::Demo) {
         let configs = syn2mas::demo::prepare().await?;
         cli.global.config = vec![configs.mas];
@@ -122,10 +192,13 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
         None => None,
     };
     if let Command::Verify = cli.command {
-        return verify(g, &l, report_dir.as_deref()).await;
+        return tokio::select! {
+            r = verify(g, &l, report_dir.as_deref()) => r,
+            stop = stop_signal() => Ok(stopped_read_only(stop)),
+        };
     }
     let progress = progress_for(g);
-    let report = check::run(&CheckInputs {
+    let inputs = CheckInputs {
         synapse: &l.synapse,
         mas: &l.mas,
         synapse_db: &l.synapse_db,
@@ -141,8 +214,12 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             Command::Check => report_dir.clone(),
             _ => None,
         },
-    })
-    .await?;
+    };
+    let checked = check::run(&inputs);
+    let report = tokio::select! {
+        r = checked => r?,
+        stop = stop_signal() => return Ok(stopped_read_only(stop)),
+    };
     match &cli.command {
         Command::Check => {
             print_report(g, &report)?;
@@ -165,7 +242,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             run.migrate_after_check(report).await
         }
         Command::Demo => unreachable!("demo runs as migrate"),
-        Command::Verify => unreachable!("verify returned above"),
+        Command::Verify | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("returned above")
+        }
     }
 }
 
@@ -178,7 +257,12 @@ async fn verify(g: &GlobalArgs, l: &Loaded, report_dir: Option<&ReportDir>) -> a
     })
     .await?;
     if g.json {
-        report.render_human(&mut std::io::stderr().lock())?;
+        let level = if report.ok() {
+            Level::Info
+        } else {
+            Level::Warn
+        };
+        say_rendered(level, |w| report.render_human(w))?;
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else if !g.quiet || !report.ok() {
         report.render_human(&mut std::io::stdout().lock())?;
@@ -197,12 +281,29 @@ fn progress_for(g: &GlobalArgs) -> Progress {
             ColorChoice::Never => false,
             ColorChoice::Auto => std::io::stderr().is_terminal(),
         };
-    Progress::new(draw, !g.quiet)
+    Progress::new(draw, !g.quiet).lines_as_logs(g.log_format == LogFormat::Json)
+}
+
+/// `check` or `verify` stopped by a signal: nothing to undo.
+fn stopped_read_only(stop: Stop) -> u8 {
+    say(
+        Level::Warn,
+        &format!(
+            "Interrupted by {}: stopped; nothing was changed.",
+            stop.name()
+        ),
+    );
+    stop.code()
 }
 
 fn print_report(g: &GlobalArgs, report: &Report) -> anyhow::Result<()> {
     if !g.quiet || report.exit_code() != exit::OK {
-        report.render_human(&mut std::io::stderr().lock())?;
+        let level = match report.exit_code() {
+            exit::OK => Level::Info,
+            exit::CHECK_WARNINGS => Level::Warn,
+            _ => Level::Error,
+        };
+        say_rendered(level, |w| report.render_human(w))?;
     }
     Ok(())
 }
@@ -235,17 +336,23 @@ impl Run<'_> {
         let errors = report.errors().count();
         let warnings = report.warnings().count();
         if errors > 0 {
-            eprintln!(
-                "Refusing to migrate: the checks found {errors} error(s). Nothing was changed."
+            say(
+                Level::Error,
+                &format!(
+                    "Refusing to migrate: the checks found {errors} error(s). Nothing was changed."
+                ),
             );
             self.summary(&report, serde_json::json!({ "refused": "check errors" }))?;
             return Ok(exit::CHECK_ERRORS);
         }
         if warnings > 0 && !args.allow_warnings {
             let ids: Vec<&str> = report.warnings().map(|w| w.id.as_str()).collect();
-            eprintln!(
-                "Refusing to migrate with warnings ({}). Review them, then run again with --allow-warnings.",
-                ids.join(", ")
+            say(
+                Level::Error,
+                &format!(
+                    "Refusing to migrate with warnings ({}). Review them, then run again with --allow-warnings.",
+                    ids.join(", ")
+                ),
             );
             self.summary(&report, serde_json::json!({ "refused": "check warnings" }))?;
             return Ok(exit::CHECK_WARNINGS);
@@ -265,8 +372,9 @@ impl Run<'_> {
         };
         match outcome {
             Ok(Ok(summary)) => {
+                self.progress.finish();
                 if g.json {
-                    summary.render_human(&mut std::io::stderr().lock())?;
+                    say_rendered(Level::Info, |w| summary.render_human(w))?;
                     let doc = serde_json::json!({ "check": report.to_json(), "migrate": summary });
                     println!("{}", serde_json::to_string_pretty(&doc)?);
                 } else if !g.quiet {
@@ -282,9 +390,12 @@ impl Run<'_> {
                 if let Some(row) = e.chain().find_map(|c| c.downcast_ref::<RowError>()) {
                     // A row the preflight checks could not see: the same kind of problem `check`
                     // reports as an error, found while reading, so the same exit code.
-                    eprintln!(
-                        "Refusing to migrate: {row}.\nNothing was changed in MAS. `syn2mas check` lists \
+                    say(
+                        Level::Error,
+                        &format!(
+                            "Refusing to migrate: {row}.\nNothing was changed in MAS. `syn2mas check` lists \
                          every such row; fix them in Synapse and run again."
+                        ),
                     );
                     if let Some(dir) = &self.report_dir {
                         dir.refused(row)?;
@@ -293,9 +404,12 @@ impl Run<'_> {
                     return Ok(exit::CHECK_ERRORS);
                 }
                 if let Some(w) = e.chain().find_map(|c| c.downcast_ref::<Warnings>()) {
-                    eprintln!(
-                        "Refusing to migrate with warnings: {w}. Nothing was changed in MAS. \
-                         Review them with `syn2mas check`, then run again with --allow-warnings."
+                    say(
+                        Level::Error,
+                        &format!(
+                            "Refusing to migrate with warnings: {w}. Nothing was changed in MAS. \
+                             Review them with `syn2mas check`, then run again with --allow-warnings."
+                        ),
                     );
                     self.summary(&report, serde_json::json!({ "refused": w.to_string() }))?;
                     return Ok(exit::CHECK_WARNINGS);
@@ -308,9 +422,12 @@ impl Run<'_> {
                 if let Some(code) = self.stopped_or_committed(&sessions, Some(stop)).await? {
                     return Ok(code);
                 }
-                eprintln!(
-                    "Interrupted by {}: the migration was rolled back; MAS is exactly as it was before the run.",
-                    stop.name()
+                say(
+                    Level::Warn,
+                    &format!(
+                        "Interrupted by {}: the migration was rolled back; MAS is exactly as it was before the run.",
+                        stop.name()
+                    ),
                 );
                 self.summary(&report, serde_json::json!({ "interrupted": stop.name() }))?;
                 Ok(stop.code())
@@ -335,11 +452,11 @@ impl Run<'_> {
         let committed = tokio::select! {
             c = cleanup => c,
             again = stop_signal() => {
-                eprintln!(
+                say(Level::Warn, &format!(
                     "{} during the cleanup: stopping now. Leftovers of this run (shadow tables \
                      `syn2mas_new_*`) may remain in MAS; the next syn2mas run drops them first.",
                     again.name()
-                );
+                ));
                 return Ok(Some(first.unwrap_or(again).code()));
             }
         };
@@ -348,9 +465,12 @@ impl Run<'_> {
                 Some(stop) => format!("{} arrived", stop.name()),
                 None => "the connection was lost".to_owned(),
             };
-            eprintln!(
-                "The migration had committed before {why}: MAS holds the migrated data. \
+            say(
+                Level::Warn,
+                &format!(
+                    "The migration had committed before {why}: MAS holds the migrated data. \
                  Run `syn2mas verify` before reopening."
+                ),
             );
             return Ok(Some(exit::OK));
         }
@@ -412,8 +532,11 @@ async fn stop_signal() -> Stop {
 /// next run does it first thing, and says so.
 async fn roll_back(mas_db: &ConnectOptions, sessions: &Sessions) {
     if let Err(e) = migrate::cleanup(mas_db, sessions).await {
-        eprintln!(
-            "warning: could not drop this run's shadow tables now ({e:#}); the next syn2mas run will drop them before doing anything else"
+        say(
+            Level::Warn,
+            &format!(
+                "warning: could not drop this run's shadow tables now ({e:#}); the next syn2mas run will drop them before doing anything else"
+            ),
         );
     }
 }

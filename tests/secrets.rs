@@ -159,6 +159,18 @@ async fn check_dry_run_and_migrate_print_no_secret() {
     env.run(&["check"], 11);
     env.run(&["migrate", "--dry-run", "--allow-warnings", "--json"], 0);
     env.run(&["migrate", "--dry-run", "--allow-warnings"], 0);
+    // Log records as JSON (fields included) carry no secret either.
+    env.run(&["check", "--log-format", "json"], 11);
+    env.run(
+        &[
+            "migrate",
+            "--dry-run",
+            "--allow-warnings",
+            "--log-format",
+            "json",
+        ],
+        0,
+    );
     let (stdout, _) = env.run(&["migrate", "--allow-warnings", "--seed", "1", "--json"], 0);
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["migrate"]["mas_rows"]["compat_access_tokens"], 10);
