@@ -153,6 +153,7 @@ fn load(g: &GlobalArgs) -> anyhow::Result<Loaded> {
 }
 
 async fn run(mut cli: Cli) -> anyhow::Result<u8> {
+    listen_for_signals();
     match &cli.command {
         Command::Completions { shell } => {
             let mut out = std::io::stdout().lock();
@@ -505,26 +506,48 @@ impl Stop {
     }
 }
 
-/// The next SIGINT, SIGTERM or SIGHUP. Once this has been called the signals no longer kill
-/// the process: they are delivered here (the Kubernetes, systemd and `docker stop` SIGTERM,
-/// the SIGHUP of a closed SSH session).
-async fn stop_signal() -> Stop {
+/// SIGINT, SIGTERM and SIGHUP as they arrive, from the start of the run: one listener for the
+/// whole process, so a signal that comes between two steps (after the checks, before the
+/// migration) waits for the next step instead of being lost.
+static STOPS: std::sync::OnceLock<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Stop>>> =
+    std::sync::OnceLock::new();
+
+/// Starts the listener (inside the runtime). From then on these signals no longer kill the
+/// process: they are delivered to [`stop_signal`] (the Kubernetes, systemd and `docker stop`
+/// SIGTERM, the SIGHUP of a closed SSH session).
+fn listen_for_signals() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).ok();
-    let mut hup = signal(SignalKind::hangup()).ok();
-    let recv = |s: &mut Option<tokio::signal::unix::Signal>| {
-        let s = s.take();
-        async move {
-            match s {
-                Some(mut s) => s.recv().await,
-                None => std::future::pending().await,
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    if STOPS.set(tokio::sync::Mutex::new(rx)).is_err() {
+        return;
+    }
+    for (kind, stop) in [
+        (SignalKind::interrupt(), Stop::Interrupt),
+        (SignalKind::terminate(), Stop::Terminate),
+        (SignalKind::hangup(), Stop::Hangup),
+    ] {
+        let Ok(mut stream) = signal(kind) else {
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(stop).is_err() {
+                    return;
+                }
             }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => Stop::Interrupt,
-        _ = recv(&mut term) => Stop::Terminate,
-        _ = recv(&mut hup) => Stop::Hangup,
+        });
+    }
+}
+
+/// The next SIGINT, SIGTERM or SIGHUP (one received earlier and not yet taken comes first).
+async fn stop_signal() -> Stop {
+    match STOPS.get() {
+        Some(stops) => match stops.lock().await.recv().await {
+            Some(stop) => stop,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
