@@ -1001,6 +1001,24 @@ async fn connect_over_the_unix_socket() {
     assert_eq!(addr, None, "a unix-socket session has no client address");
 }
 
+/// A half-open connection must not keep a session (and its locks) for the kernel's default 2
+/// hours: the server side of every syn2mas session probes after 30 s, every 10 s, 3 times.
+#[tokio::test]
+async fn sessions_have_short_tcp_keepalives() {
+    let client = connect(&local(5432, SslMode::Disable)).await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT current_setting('tcp_keepalives_idle'), \
+                    current_setting('tcp_keepalives_interval'), \
+                    current_setting('tcp_keepalives_count')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(got, ("30".into(), "10".into(), "3".into()));
+}
+
 #[tokio::test]
 async fn connect_future_is_send() {
     fn assert_send<T: Send>(_: &T) {}

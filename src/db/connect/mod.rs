@@ -282,7 +282,11 @@ impl Target {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name(APPLICATION_NAME)
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES);
         if let Some(password) = password {
             config.password(password.expose());
         }
@@ -330,8 +334,23 @@ where
         }
     });
     client.batch_execute(NO_JIT).await?;
+    client.batch_execute(SERVER_KEEPALIVES).await?;
     Ok(client)
 }
+
+/// TCP keepalives on both ends of every connection: after 30 s of silence, a probe every 10 s,
+/// 3 missed probes and the connection is dead (~60 s). The default (2 hours) let a half-open
+/// connection — a migration host that vanished, a NAT that forgot the flow — keep its session,
+/// its locks and the advisory lock on the server for hours; and syn2mas would wait as long for
+/// an answer that cannot come.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
+/// The server side of [`KEEPALIVE_IDLE`] and friends, for this session only (the server ignores
+/// them on unix sockets, where there is no TCP).
+const SERVER_KEEPALIVES: &str =
+    "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3";
 
 /// Every query syn2mas runs is one large scan, join or index build that runs once: LLVM's
 /// compile time (0.7 s for the devices/tokens read, before its first row) is never won back,
