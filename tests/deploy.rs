@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Schema, TestDb, crate_root, syn2mas_bin, write_configs};
+use common::{Schema, TestDb, crate_root, syn2mas_bin};
 use serde_json::Value;
 
 /// Peak RSS of `migrate` at 1M users (benches/RESULTS.md), and the Element Server Suite chart's
@@ -426,27 +426,14 @@ fn compose_example_runs_the_same_steps_with_the_same_limits() {
 // steps.sh, run for real
 // ------------------------------------------------------------------------------------------------
 
-struct Env {
-    _dir: tempfile::TempDir,
-    _synapse: TestDb,
-    mas: TestDb,
-    homeserver: PathBuf,
-    mas_config: PathBuf,
-}
+use common::Fixture as Env;
 
 impl Env {
     async fn new() -> Env {
-        let synapse = TestDb::synapse(Schema::Project).await;
-        let mas = TestDb::mas(Schema::Project).await;
-        let dir = tempfile::tempdir().unwrap();
-        let (homeserver, mas_config) = write_configs(dir.path(), &synapse, &mas);
-        Env {
-            _dir: dir,
-            _synapse: synapse,
-            mas,
-            homeserver,
-            mas_config,
-        }
+        Env::of(
+            TestDb::synapse(Schema::Project).await,
+            TestDb::mas(Schema::Project).await,
+        )
     }
 
     fn steps(&self, vars: &[(&str, &str)]) -> Command {

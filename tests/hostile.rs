@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Schema, TestDb, syn2mas_bin, write_configs};
+use common::{Schema, TestDb, syn2mas_bin};
 use serde_norway::Value;
 
 /// A fixed "now" so runs are reproducible (2026-01-01T00:00:00Z).
@@ -72,13 +72,7 @@ impl Out {
 }
 
 /// A Synapse and a MAS test database with config files pointing at them.
-struct Env {
-    dir: tempfile::TempDir,
-    synapse: TestDb,
-    mas: TestDb,
-    homeserver: PathBuf,
-    mas_config: PathBuf,
-}
+use common::Fixture as Env;
 
 impl Env {
     async fn new() -> Env {
@@ -89,15 +83,7 @@ impl Env {
     }
 
     fn with(synapse: TestDb, mas: TestDb) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let (homeserver, mas_config) = write_configs(dir.path(), &synapse, &mas);
-        Env {
-            dir,
-            synapse,
-            mas,
-            homeserver,
-            mas_config,
-        }
+        Env::of(synapse, mas)
     }
 
     /// The binary with only the environment set, no config flags.

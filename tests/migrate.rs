@@ -5,24 +5,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{GOOGLE_PROVIDER_UUID, Schema, TestDb, schemas, syn2mas_bin, write_configs};
+use common::{GOOGLE_PROVIDER_UUID, Schema, TestDb, schemas, syn2mas_bin};
 
 /// A fixed "now" for runs whose results are compared (2026-01-01T00:00:00Z).
 const NOW_MS: i64 = 1_767_225_600_000;
 
 const TARGETS: [&str; 8] = syn2mas::sink::tables::NAMES;
 
-struct Env {
-    _dir: tempfile::TempDir,
-    _synapse: TestDb,
-    mas: TestDb,
-    homeserver: PathBuf,
-    mas_config: PathBuf,
-}
+use common::Fixture as Env;
 
 impl Env {
     async fn new(schema: Schema) -> Env {
@@ -30,16 +23,7 @@ impl Env {
     }
 
     async fn with(synapse: TestDb, schema: Schema) -> Env {
-        let mas = TestDb::mas(schema).await;
-        let dir = tempfile::tempdir().unwrap();
-        let (homeserver, mas_config) = write_configs(dir.path(), &synapse, &mas);
-        Env {
-            _dir: dir,
-            _synapse: synapse,
-            mas,
-            homeserver,
-            mas_config,
-        }
+        Env::of(synapse, TestDb::mas(schema).await)
     }
 
     fn command(&self, args: &[&str]) -> Command {

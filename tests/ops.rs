@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Schema, TestDb, syn2mas_bin, write_configs};
+use common::{Schema, TestDb, syn2mas_bin};
 
 const SUBCOMMANDS: [&str; 6] = ["check", "migrate", "verify", "demo", "completions", "man"];
 
@@ -183,27 +182,14 @@ fn man_page_describes_every_subcommand_and_the_exit_codes() {
 // Runs on the fixture
 // ------------------------------------------------------------------------------------------------
 
-struct Env {
-    _dir: tempfile::TempDir,
-    _synapse: TestDb,
-    mas: TestDb,
-    homeserver: PathBuf,
-    mas_config: PathBuf,
-}
+use common::Fixture as Env;
 
 impl Env {
     async fn new() -> Env {
-        let synapse = TestDb::synapse(Schema::Project).await;
-        let mas = TestDb::mas(Schema::Project).await;
-        let dir = tempfile::tempdir().unwrap();
-        let (homeserver, mas_config) = write_configs(dir.path(), &synapse, &mas);
-        Env {
-            _dir: dir,
-            _synapse: synapse,
-            mas,
-            homeserver,
-            mas_config,
-        }
+        Env::of(
+            TestDb::synapse(Schema::Project).await,
+            TestDb::mas(Schema::Project).await,
+        )
     }
 
     /// stdin and stdout closed, stderr a pipe: as under `kubectl logs` or `docker logs`.

@@ -6,11 +6,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Schema, TestDb, syn2mas_bin, write_configs};
+use common::{Schema, TestDb, syn2mas_bin};
 use serde_norway::Value;
 use syn2mas::config::{load_mas_with_env, load_synapse_with_env};
 use syn2mas::db::ConnectOptions;
@@ -34,13 +34,7 @@ const MARK_SYNAPSE_ROWS: &str = "
     UPDATE refresh_tokens SET token = 'syr_MARKERrefresh_' || id;
 ";
 
-struct Env {
-    dir: tempfile::TempDir,
-    synapse: TestDb,
-    mas: TestDb,
-    homeserver: PathBuf,
-    mas_config: PathBuf,
-}
+use common::Fixture as Env;
 
 impl Env {
     /// The fixtures with every secret a marker; configs with marker passwords (which the
@@ -48,16 +42,7 @@ impl Env {
     async fn new() -> Env {
         let synapse = TestDb::synapse(Schema::Project).await;
         synapse.exec(MARK_SYNAPSE_ROWS).await;
-        let mas = TestDb::mas(Schema::Project).await;
-        let dir = tempfile::tempdir().unwrap();
-        let (homeserver, mas_config) = write_configs(dir.path(), &synapse, &mas);
-        let env = Env {
-            dir,
-            synapse,
-            mas,
-            homeserver,
-            mas_config,
-        };
+        let env = Env::of(synapse, TestDb::mas(Schema::Project).await);
         let s = common::server();
         let mas_name = env.mas.name.clone();
         edit(&env.homeserver, |v| {

@@ -782,3 +782,29 @@ pub fn plan_differences(check: &serde_json::Value, migrate: &serde_json::Value) 
     }
     out
 }
+
+/// A Synapse and a MAS test database with config files pointing at them, in a temporary
+/// folder that lives as long as the value. Each test file adds its own ways to run syn2mas on
+/// it (`impl Fixture` in the file, usually under the name `Env`).
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub synapse: TestDb,
+    pub mas: TestDb,
+    pub homeserver: PathBuf,
+    pub mas_config: PathBuf,
+}
+
+impl Fixture {
+    /// Writes `homeserver.yaml` and `mas.yaml` for the two databases.
+    pub fn of(synapse: TestDb, mas: TestDb) -> Fixture {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let (homeserver, mas_config) = write_configs(dir.path(), &synapse, &mas);
+        Fixture {
+            dir,
+            synapse,
+            mas,
+            homeserver,
+            mas_config,
+        }
+    }
+}
