@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{GOOGLE_PROVIDER_UUID, Schema, TestDb, schemas, syn2mas_bin};
+use common::{GOOGLE_PROVIDER_UUID, Schema, TestDb, schemas};
 
 /// A fixed "now" for runs whose results are compared (2026-01-01T00:00:00Z).
 const NOW_MS: i64 = 1_767_225_600_000;
@@ -27,14 +27,8 @@ impl Env {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(syn2mas_bin());
-        c.arg("-c")
-            .arg(&self.mas_config)
-            .arg("--synapse-config")
-            .arg(&self.homeserver)
-            .args(args)
-            .env("SYN2MAS_TEST_NOW_MS", NOW_MS.to_string())
-            .env_remove("SYN2MAS_TEST_PAUSE");
+        let mut c = self.syn2mas(args);
+        c.env("SYN2MAS_TEST_NOW_MS", NOW_MS.to_string());
         c
     }
 

@@ -194,15 +194,8 @@ impl Env {
 
     /// stdin and stdout closed, stderr a pipe: as under `kubectl logs` or `docker logs`.
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(syn2mas_bin());
-        c.arg("-c")
-            .arg(&self.mas_config)
-            .arg("--synapse-config")
-            .arg(&self.homeserver)
-            .args(args)
-            .env_remove("SYN2MAS_TEST_PAUSE")
-            .env_remove("NO_COLOR")
-            .stdin(Stdio::null());
+        let mut c = self.syn2mas(args);
+        c.env_remove("NO_COLOR").stdin(Stdio::null());
         c
     }
 

@@ -807,4 +807,16 @@ impl Fixture {
             mas_config,
         }
     }
+
+    /// The built `syn2mas` with both config files, then `args`, and no test pause.
+    pub fn syn2mas(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(syn2mas_bin());
+        c.arg("-c")
+            .arg(&self.mas_config)
+            .arg("--synapse-config")
+            .arg(&self.homeserver)
+            .args(args)
+            .env_remove("SYN2MAS_TEST_PAUSE");
+        c
+    }
 }
