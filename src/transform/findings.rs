@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::source::Entity;
 
-/// Examples kept per finding (the smallest, so the result does not depend on the order rows
-/// arrive in).
-pub const MAX_EXAMPLES: usize = 5;
+/// Examples kept per finding: `check`'s own limit. The smallest are kept, so the result does
+/// not depend on the order rows arrive in.
+use crate::check::report::MAX_EXAMPLES;
 
 /// A row `migrate` refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
