@@ -319,14 +319,21 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Writes `--report`'s summary: the check and how the migration ended.
+    /// Writes `--report`'s summary: the check and how the migration ended. A report that
+    /// cannot be written is a warning, never the run's outcome: after a committed migration,
+    /// an exit code other than the migration's own would tell the operator something false.
     fn summary(&self, check: &Report, ended: serde_json::Value) -> anyhow::Result<()> {
         if let Some(dir) = &self.report_dir {
             let mut doc = serde_json::json!({ "check": check.to_json() });
             if let (Some(doc), Some(ended)) = (doc.as_object_mut(), ended.as_object()) {
                 doc.extend(ended.clone());
             }
-            dir.finish(&doc)?;
+            if let Err(e) = dir.finish(&doc) {
+                say(
+                    Level::Warn,
+                    &format!("warning: the report could not be completed: {e:#}"),
+                );
+            }
         }
         Ok(())
     }

@@ -1132,6 +1132,28 @@ async fn report_lists_every_skipped_row_and_no_secret() {
     }
 }
 
+/// A report that cannot be completed (here `summary.json` is a directory) is a warning: the
+/// migration itself committed, so it still exits 0 and MAS holds its rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwritable_report_does_not_change_a_successful_migrations_outcome() {
+    let env = Env::new(Schema::Project).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("summary.json")).unwrap();
+    let out = env.run(&[
+        "migrate",
+        "--allow-warnings",
+        "--report",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: the report could not be completed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_ne!(env.counts().await, vec![0; 8]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_partitioned_join_writes_the_same_rows_whatever_the_partition_count() {
     for schema in schemas() {
