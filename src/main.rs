@@ -342,7 +342,11 @@ impl Run<'_> {
         let (g, args, l) = (self.g, self.args, self.l);
         print_report(g, &report)?;
         let errors = report.errors().count();
-        let warnings = report.warnings().count();
+        let warnings: Vec<&str> = report
+            .warnings()
+            .map(|w| w.id.as_str())
+            .filter(|id| !check::ids::HANDLED_BY_MIGRATE.contains(id))
+            .collect();
         if errors > 0 {
             say(
                 Level::Error,
@@ -353,13 +357,12 @@ impl Run<'_> {
             self.summary(&report, serde_json::json!({ "refused": "check errors" }))?;
             return Ok(exit::CHECK_ERRORS);
         }
-        if warnings > 0 && !args.allow_warnings {
-            let ids: Vec<&str> = report.warnings().map(|w| w.id.as_str()).collect();
+        if !warnings.is_empty() && !args.allow_warnings {
             say(
                 Level::Error,
                 &format!(
                     "Refusing to migrate with warnings ({}). Review them, then run again with --allow-warnings.",
-                    ids.join(", ")
+                    warnings.join(", ")
                 ),
             );
             self.summary(&report, serde_json::json!({ "refused": "check warnings" }))?;
@@ -461,8 +464,8 @@ impl Run<'_> {
             c = cleanup => c,
             again = stop_signal() => {
                 say(Level::Warn, &format!(
-                    "{} during the cleanup: stopping now. Leftovers of this run (shadow tables \
-                     `syn2mas_new_*`) may remain in MAS; the next syn2mas run drops them first.",
+                    "{} during the cleanup: stopping now. Leftovers of this run (the schema \
+                     `syn2mas_shadow`) may remain in MAS; the next syn2mas run drops them first.",
                     again.name()
                 ));
                 return Ok(Some(first.unwrap_or(again).code()));

@@ -198,6 +198,7 @@ async fn sessions_stage(
     .await?;
     read_bar.set_length(read_bar.position());
     read_bar.finish();
+    crate::migrate::pause_point("spilled").await;
     let mut streams: Vec<_> = files.into_iter().map(Vec::into_iter).collect();
     let partitions: Vec<[std::fs::File; 3]> = (0..parts)
         .filter_map(|_| Some([streams[0].next()?, streams[1].next()?, streams[2].next()?]))

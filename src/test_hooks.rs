@@ -4,7 +4,9 @@
 //! itself); `cargo build --release` and `cargo install` leave them out, so no environment
 //! variable can change what an operator's binary does.
 
-/// Names a point where a run stops and waits (`after-users`, `rebuild`, `swap`, `committed`).
+/// Names a point where a run stops and waits: in order, `locked`, `schema`, `after-users`,
+/// `spilled`, `index-built`, `fk-validation`, `rebuild`, `swap`, `swap-locked`, `swap-moved`,
+/// `committed`, and `cleanup-locked` in the cleanup after a failure or signal.
 pub const PAUSE_ENV: &str = "SYN2MAS_TEST_PAUSE";
 /// How long a pause lasts (seconds, default 600).
 pub const PAUSE_SECS_ENV: &str = "SYN2MAS_TEST_PAUSE_SECS";
@@ -13,9 +15,12 @@ pub const NOW_ENV: &str = "SYN2MAS_TEST_NOW_MS";
 /// Forces the number of partitions of the devices/tokens join (a power of two).
 pub const PARTITIONS_ENV: &str = "SYN2MAS_TEST_PARTITIONS";
 
-/// Waits at `point` when the tests ask for it; nothing otherwise.
+/// Waits at `point` when the tests ask for it (`SYN2MAS_TEST_PAUSE` names it, alone or in a
+/// comma-separated list); nothing otherwise.
 pub async fn pause(point: &str) {
-    if !cfg!(feature = "test-hooks") || !std::env::var(PAUSE_ENV).is_ok_and(|p| p == point) {
+    if !cfg!(feature = "test-hooks")
+        || !std::env::var(PAUSE_ENV).is_ok_and(|p| p.split(',').any(|p| p == point))
+    {
         return;
     }
     let secs = std::env::var(PAUSE_SECS_ENV)

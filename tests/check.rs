@@ -532,9 +532,16 @@ async fn mas_database_checks_fire_on_databases_made_to_trigger_them() {
             vec![("E-pg-trgm-missing", None, 1)],
         ),
         (
-            "our interrupted run",
+            "our interrupted run (earlier build, in MAS's schema)",
             "CREATE TABLE syn2mas_new_users (LIKE users)".into(),
             vec![("W-interrupted-run", None, 1)],
+        ),
+        (
+            "our interrupted run (shadow schema)",
+            "CREATE SCHEMA syn2mas_shadow; CREATE TABLE syn2mas_shadow.users (LIKE users); \
+             CREATE TABLE syn2mas_shadow.user_emails (LIKE user_emails)"
+                .into(),
+            vec![("W-interrupted-run", None, 2)],
         ),
         (
             "upstream in progress",

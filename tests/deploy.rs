@@ -606,16 +606,5 @@ async fn steps_pass_sigterm_on_and_exit_with_the_rollback_code() {
         "{rest}"
     );
     assert_eq!(env.mas_rows().await, 0, "MAS untouched");
-    let shadows: i64 = env
-        .mas
-        .client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_class WHERE relname LIKE 'syn2mas_new_%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(shadows, 0);
+    assert_eq!(env.mas.leftovers().await, Vec::<String>::new());
 }

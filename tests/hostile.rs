@@ -1,6 +1,6 @@
 //! Hostile and broken input, end to end through the real binary: every case asserts the exit
 //! code, the message that names the problem, that nothing panicked, and that MAS was not
-//! changed (no row in any target table, no `syn2mas_new_*` table left behind).
+//! changed (no row in any target table, no shadow schema or table left behind).
 //!
 //! * configuration: missing, unreadable, empty, syntactically broken, wrongly typed files,
 //!   unknown drivers, YAML bombs, secret files that never end;
@@ -137,21 +137,9 @@ impl Env {
     }
 
     async fn shadow_tables(&self) -> Vec<String> {
-        self.mas
-            .client()
-            .await
-            .query(
-                "SELECT relname::text FROM pg_class WHERE relname LIKE 'syn2mas\\_new\\_%' ORDER BY 1",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
+        self.mas.leftovers().await
     }
 
-    /// Nothing was written to MAS: no target row, no shadow table.
     async fn assert_untouched(&self, case: &str) {
         assert_eq!(self.counts().await, vec![0; 8], "{case}: MAS rows");
         assert!(
@@ -769,7 +757,9 @@ async fn a_second_run_is_refused_while_the_lock_is_held() {
     assert!(got);
     // What the lock holder is building: a shadow table of its own.
     holder
-        .batch_execute("CREATE TABLE syn2mas_new_users (LIKE users)")
+        .batch_execute(
+            "CREATE SCHEMA syn2mas_shadow; CREATE TABLE syn2mas_shadow.users (LIKE users)",
+        )
         .await
         .unwrap();
     for args in [
@@ -785,7 +775,7 @@ async fn a_second_run_is_refused_while_the_lock_is_held() {
         assert_eq!(env.counts().await, vec![0; 8]);
         assert_eq!(
             env.shadow_tables().await,
-            ["syn2mas_new_users"],
+            ["schema syn2mas_shadow", "syn2mas_shadow.users"],
             "the refused run dropped the lock holder's shadow table:\n{}",
             out.stderr
         );
@@ -820,6 +810,103 @@ async fn a_second_run_does_not_disturb_the_first() {
     assert_eq!(status.code(), Some(0), "the first run failed:\n{err}");
     assert_eq!(env.counts().await, vec![10, 7, 4, 1, 3, 10, 10, 4]);
     assert!(env.shadow_tables().await.is_empty());
+}
+
+/// The backend pid of the MAS session holding syn2mas's advisory lock (the run's main
+/// session: the only one holding advisory locks exclusively).
+async fn lock_holder(env: &Env) -> i32 {
+    env.mas
+        .client()
+        .await
+        .query_one(
+            "SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'
+                AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn terminate(env: &Env, pid: i32) {
+    let done: bool = env
+        .mas
+        .client()
+        .await
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(done, "could not terminate backend {pid}");
+}
+
+/// The session holding the advisory lock is terminated in the middle of a run (here while the
+/// run waits between load and rebuild): the run notices within seconds, not at its swap minutes
+/// later, fails, and leaves the whole MAS database as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_the_lock_holding_session_fails_the_run_within_seconds() {
+    let env = Env::new().await;
+    let before = env.mas.fingerprint(&[]).await;
+    let mut c = env.command(&["migrate", "--allow-warnings", "--seed", "1"]);
+    c.env("SYN2MAS_TEST_PAUSE", "rebuild")
+        .env("SYN2MAS_TEST_PAUSE_SECS", "600");
+    let (mut child, rest) = start_paused(c, "rebuild");
+    terminate(&env, lock_holder(&env).await).await;
+    let start = Instant::now();
+    let status = child.wait().unwrap();
+    let err = rest.join().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the MAS session holding syn2mas's advisory lock ended"),
+        "{err}"
+    );
+    assert_eq!(env.mas.fingerprint(&[]).await, before);
+}
+
+/// A run whose lock holder died but whose other sessions still work on its shadow tables (the
+/// process is frozen with SIGSTOP, so it cannot notice): a second run gets the advisory lock,
+/// but refuses to take those tables for leftovers and drop them. Once the first run resumes it
+/// fails and cleans up, and a third run migrates.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_run_never_drops_tables_a_live_run_still_uses() {
+    let env = Env::new().await;
+    let before = env.mas.fingerprint(&[]).await;
+    let mut c = env.command(&["migrate", "--allow-warnings", "--seed", "1"]);
+    c.env("SYN2MAS_TEST_PAUSE", "fk-validation")
+        .env("SYN2MAS_TEST_PAUSE_SECS", "600");
+    let (mut child, rest) = start_paused(c, "fk-validation");
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    terminate(&env, lock_holder(&env).await).await;
+    let leftovers = env.shadow_tables().await;
+    assert!(!leftovers.is_empty());
+
+    let second = env.run(&["migrate", "--allow-warnings", "--seed", "2"]);
+    second.expect(
+        1,
+        "sessions of another syn2mas run are still connected to MAS",
+    );
+    assert_eq!(
+        env.shadow_tables().await,
+        leftovers,
+        "the second run dropped tables the first still uses"
+    );
+
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let status = child.wait().unwrap();
+    let err = rest.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(env.mas.fingerprint(&[]).await, before, "{err}");
+    env.run(&["migrate", "--allow-warnings", "--seed", "1"])
+        .expect(0, "");
+    assert_eq!(env.counts().await, vec![10, 7, 4, 1, 3, 10, 10, 4]);
 }
 
 /// Spawns `c` (stderr piped), waits until it says it paused at `point`, and returns it with a

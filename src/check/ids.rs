@@ -30,6 +30,10 @@ pub const MAS_SCHEMA_FAILED: &str = "E-mas-schema-failed";
 pub const PG_TRGM_MISSING: &str = "E-pg-trgm-missing";
 pub const MAS_NOT_EMPTY: &str = "E-mas-not-empty";
 pub const INTERRUPTED_RUN: &str = "W-interrupted-run";
+
+/// Warnings `migrate` takes care of itself (it drops an interrupted run's leftovers first), so
+/// they never make it refuse to run without `--allow-warnings`.
+pub const HANDLED_BY_MIGRATE: &[&str] = &[INTERRUPTED_RUN];
 pub const UPSTREAM_IN_PROGRESS: &str = "E-upstream-in-progress";
 
 // Synapse database: schema.
@@ -109,7 +113,7 @@ pub const CATALOGUE: &[(&str, &str)] = &[
     (MAS_NOT_EMPTY, "a MAS target table has rows"),
     (
         INTERRUPTED_RUN,
-        "leftover `syn2mas_new_*` tables of an interrupted run",
+        "leftover shadow tables (schema `syn2mas_shadow`) of an interrupted run",
     ),
     (
         UPSTREAM_IN_PROGRESS,

@@ -16,8 +16,9 @@ pub const KNOWN_MAS_SCHEMA: i64 = 20260720134722;
 /// The tables `migrate` fills, which must be empty.
 pub const TARGET_TABLES: &[&str] = &crate::sink::tables::NAMES;
 
-/// Prefix of this tool's shadow tables (`syn2mas_new_<table>`).
-pub const SHADOW_PREFIX: &str = "syn2mas_new_";
+/// Prefix of the shadow tables earlier builds of this tool kept in MAS's schema
+/// (`syn2mas_new_<table>`).
+pub const SHADOW_PREFIX: &str = crate::sink::shadow::PREFIX;
 
 /// Row counts above this are reported as "more than": exact counts of a big, wrong database are
 /// not worth the time.
@@ -33,8 +34,9 @@ pub struct MasFacts {
 
 pub async fn inspect(client: &Client, db: &DatabaseInfo) -> Result<MasFacts> {
     let tables = visible_tables(client).await?;
+    let shadow = shadow_schema(client).await?;
     let mut facts = MasFacts {
-        findings: leftovers(&tables),
+        findings: leftovers(&tables, shadow.as_deref()),
         provider_ids: None,
     };
     let upstream_renamed = tables.iter().any(|t| t.starts_with("syn2mas__"));
@@ -80,10 +82,26 @@ async fn visible_tables(client: &Client) -> Result<BTreeSet<String>> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Leftovers of an interrupted run: ours are harmless (migrate drops them), upstream's mean MAS
-/// is mid-migration with renamed tables and dropped constraints.
-fn leftovers(tables: &BTreeSet<String>) -> Vec<Finding> {
-    let ours: Vec<String> = tables
+/// The tables in syn2mas's shadow schema (`None` when there is no such schema).
+async fn shadow_schema(client: &Client) -> Result<Option<Vec<String>>> {
+    let schema = crate::sink::shadow::SCHEMA;
+    let row = client
+        .query_opt(
+            "SELECT array(SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+                           WHERE c.relnamespace = n.oid AND c.relkind = 'r' ORDER BY c.relname)
+               FROM pg_catalog.pg_namespace n WHERE n.nspname = $1",
+            &[&schema],
+        )
+        .await
+        .context("looking for syn2mas's shadow schema")?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Leftovers of an interrupted run: ours (the shadow schema, or shadow tables of an earlier
+/// build in MAS's schema) are harmless (migrate drops them), upstream's mean MAS is
+/// mid-migration with renamed tables and dropped constraints.
+fn leftovers(tables: &BTreeSet<String>, shadow_schema: Option<&[String]>) -> Vec<Finding> {
+    let legacy: Vec<String> = tables
         .iter()
         .filter(|t| t.starts_with(SHADOW_PREFIX))
         .cloned()
@@ -98,8 +116,8 @@ fn leftovers(tables: &BTreeSet<String>) -> Vec<Finding> {
         .cloned()
         .collect();
     let mut out = Vec::new();
-    if !ours.is_empty() {
-        out.push(interrupted_run(&ours));
+    if shadow_schema.is_some() || !legacy.is_empty() {
+        out.push(interrupted_run(shadow_schema, &legacy));
     }
     if !upstream.is_empty() {
         out.push(upstream_in_progress(&upstream));
@@ -107,18 +125,31 @@ fn leftovers(tables: &BTreeSet<String>) -> Vec<Finding> {
     out
 }
 
-fn interrupted_run(tables: &[String]) -> Finding {
+fn interrupted_run(shadow_schema: Option<&[String]>, legacy: &[String]) -> Finding {
+    let schema = crate::sink::shadow::SCHEMA;
+    let mut drops = Vec::new();
+    let mut examples: Vec<String> = Vec::new();
+    if let Some(tables) = shadow_schema {
+        drops.push(format!("DROP SCHEMA {schema} CASCADE;"));
+        examples.push(format!("schema {schema}"));
+        examples.extend(tables.iter().cloned());
+    }
+    if !legacy.is_empty() {
+        drops.push(format!("DROP TABLE {};", legacy.join(", ")));
+        examples.extend(legacy.iter().cloned());
+    }
+    let count = shadow_schema.map_or(0, <[String]>::len) + legacy.len();
     Finding::new(
         ids::INTERRUPTED_RUN,
         "shadow tables left by an interrupted `syn2mas migrate` (this tool); MAS's own tables were \
          never touched, and the next `syn2mas migrate` drops these automatically before it starts",
-        tables.len() as u64,
+        count as u64,
         format!(
-            "nothing is required; to tidy up now: `DROP TABLE {};` on the MAS database",
-            tables.join(", ")
+            "nothing is required; to tidy up now: `{}` on the MAS database",
+            drops.join(" ")
         ),
     )
-    .with_examples(tables.iter().cloned())
+    .with_examples(examples)
 }
 
 fn upstream_in_progress(tables: &[String]) -> Finding {
@@ -348,12 +379,21 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let f = leftovers(&tables);
+        let f = leftovers(&tables, None);
         assert_eq!(f.len(), 2);
         assert_eq!(f[0].id, ids::INTERRUPTED_RUN);
         assert_eq!(f[0].examples, vec!["syn2mas_new_users"]);
         assert_eq!(f[1].id, ids::UPSTREAM_IN_PROGRESS);
         assert_eq!(f[1].count, 2);
+        let schema = vec!["syn2mas_shadow.users".to_owned()];
+        let f = leftovers(&BTreeSet::new(), Some(&schema));
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].id, ids::INTERRUPTED_RUN);
+        assert_eq!(
+            f[0].examples,
+            vec!["schema syn2mas_shadow", "syn2mas_shadow.users"]
+        );
+        assert!(f[0].fix.contains("DROP SCHEMA syn2mas_shadow CASCADE;"));
     }
 
     #[test]

@@ -59,19 +59,24 @@ pub struct MigrateOptions {
 pub struct Sessions {
     pids: Arc<Mutex<Vec<i32>>>,
     locked: Arc<AtomicBool>,
+    /// Whether the run created its shadow schema: before that, there is nothing of its own to
+    /// drop (what is there belongs to an earlier or another run).
+    created: Arc<AtomicBool>,
     /// The oid of MAS's `users` table before the run: the swap replaces the table, so a
     /// different oid afterwards means the swap committed.
     users_oid: Arc<Mutex<Option<u32>>>,
 }
 
 impl Sessions {
+    /// Records a MAS session of this run, which joins the run's shared session lock (see
+    /// `shadow::SESSIONS_LOCK`) for as long as it is connected.
     async fn track(&self, client: &Client) -> anyhow::Result<()> {
         let pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
             .await?
             .get(0);
         self.pids.lock().unwrap().push(pid);
-        Ok(())
+        shadow::join_run(client).await
     }
 
     fn pids(&self) -> Vec<i32> {
@@ -121,7 +126,8 @@ pub async fn run(
     sessions.track(&main).await?;
     take_locks(&main).await?;
     sessions.locked.store(true, Ordering::SeqCst);
-    let leftovers = shadow::drop_leftovers(&main).await?;
+    pause_point("locked").await;
+    let leftovers = shadow::drop_leftovers(&main, SESSIONS_GONE).await?;
     if !leftovers.is_empty() {
         progress.println(&format!(
             "Dropped leftovers of an interrupted earlier run: {}",
@@ -132,6 +138,96 @@ pub async fn run(
     sessions.remember_users_oid(&main).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "MAS checked and locked");
     let defs = catalog::read(&main).await?;
+    shadow::create_schema(&main).await?;
+    sessions.created.store(true, Ordering::SeqCst);
+    pause_point("schema").await;
+    let built = tokio::select! {
+        built = build(synapse_db, mas_db, mas, exact_plan, opts, progress, sessions, &defs) => built?,
+        lost = lock_holder_lost(&main) => return Err(lost),
+    };
+    let Built {
+        runner,
+        stats,
+        written,
+        load_seconds,
+        stage_seconds,
+        rebuild_seconds,
+    } = built;
+
+    pause_point("swap").await;
+    let swap_start = Instant::now();
+    shadow::swap(
+        &mut main,
+        runner.renames(),
+        runner.outgoing(),
+        !opts.dry_run,
+    )
+    .await?;
+    if opts.dry_run {
+        shadow::drop_leftovers(&main, SESSIONS_GONE).await?;
+    } else {
+        pause_point("committed").await;
+    }
+    let swap_seconds = swap_start.elapsed().as_secs_f64();
+    let entities = summarise(&stats, &stage_seconds)?;
+    Ok(Summary {
+        dry_run: opts.dry_run,
+        plan_mismatches: exact_plan
+            .map(|p| plan_mismatches(p, &entities))
+            .unwrap_or_default(),
+        entities,
+        mas_rows: written
+            .iter()
+            .map(|(t, n)| (t.name().to_owned(), *n))
+            .collect(),
+        invalid_device_ips: stats.invalid_ips,
+        load_seconds,
+        rebuild_seconds,
+        swap_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+        leftovers_dropped: leftovers,
+    })
+}
+
+/// What the load and rebuild produced, ready for the swap.
+struct Built {
+    runner: Arc<rebuild::Runner>,
+    stats: Stats,
+    written: BTreeMap<Target, u64>,
+    load_seconds: f64,
+    stage_seconds: BTreeMap<source::Entity, f64>,
+    rebuild_seconds: f64,
+}
+
+/// How often the run looks whether its lock-holding MAS session is still connected.
+const LOCK_WATCH: Duration = Duration::from_millis(250);
+
+/// Resolves (with the error to report) when the session holding the advisory lock is gone:
+/// terminated, or its connection lost. Without the lock, another run may start; this run must
+/// stop at once rather than load and rebuild for nothing until its swap fails.
+async fn lock_holder_lost(main: &Client) -> anyhow::Error {
+    while !main.is_closed() {
+        tokio::time::sleep(LOCK_WATCH).await;
+    }
+    anyhow::anyhow!(
+        "the MAS session holding syn2mas's advisory lock ended (terminated, or its connection was lost); the run stopped, as another run may now start"
+    )
+}
+
+/// Synapse snapshot → transform → shadow tables, and the rebuild of their indexes and
+/// constraints: everything before the swap.
+#[allow(clippy::too_many_arguments)]
+async fn build(
+    synapse_db: &ConnectOptions,
+    mas_db: &ConnectOptions,
+    mas: &MasConfig,
+    exact_plan: Option<&Plan>,
+    opts: &MigrateOptions,
+    progress: &Progress,
+    sessions: &Sessions,
+    defs: &catalog::Definitions,
+) -> anyhow::Result<Built> {
+    let started = Instant::now();
 
     let synapse = pipeline::open_readers(synapse_db).await?;
     let lock = if opts.dry_run {
@@ -175,7 +271,7 @@ pub async fn run(
         .iter()
         .map(|t| (*t, plan.mas_rows.get(t.name()).copied().unwrap_or(0)))
         .collect();
-    let runner = rebuild::Runner::new(rebuild::schedule(&defs, &mas_rows_plan));
+    let runner = rebuild::Runner::new(rebuild::schedule(defs, &mas_rows_plan));
     let rebuild_bar = progress.bar("rebuild", runner.total_jobs() as u64, "jobs");
     let rebuild_tasks = spawn_rebuild(
         mas_db,
@@ -212,43 +308,25 @@ pub async fn run(
     }
     let rebuild_seconds = rebuild_start.elapsed().as_secs_f64();
     verify_written(&stats, &written)?;
-
-    pause_point("swap").await;
-    let swap_start = Instant::now();
-    shadow::swap(&mut main, runner.renames(), !opts.dry_run).await?;
-    if opts.dry_run {
-        shadow::drop_leftovers(&main).await?;
-    } else {
-        pause_point("committed").await;
-    }
-    let swap_seconds = swap_start.elapsed().as_secs_f64();
-    let entities = summarise(&stats, &stage_seconds)?;
-    Ok(Summary {
-        dry_run: opts.dry_run,
-        plan_mismatches: exact_plan
-            .map(|p| plan_mismatches(p, &entities))
-            .unwrap_or_default(),
-        entities,
-        mas_rows: written
-            .iter()
-            .map(|(t, n)| (t.name().to_owned(), *n))
-            .collect(),
-        invalid_device_ips: stats.invalid_ips,
+    Ok(Built {
+        runner,
+        stats,
+        written,
         load_seconds,
+        stage_seconds,
         rebuild_seconds,
-        swap_seconds,
-        total_seconds: started.elapsed().as_secs_f64(),
-        leftovers_dropped: leftovers,
     })
 }
 
 /// After a failure or an interrupt: stops the run's MAS sessions and drops its shadow tables,
 /// so MAS is exactly as before. Returns the names dropped.
 ///
-/// A run that never got the advisory lock has created nothing, and the shadow tables it would
-/// see belong to the run that holds the lock: it leaves them alone. A run that had the lock
-/// takes it again (its stopped sessions release it) before dropping anything, so a run that
-/// started in between keeps its tables.
+/// A run that never got the advisory lock, or never got as far as creating its shadow schema,
+/// has created nothing, and the shadow tables it would see belong to another run: it leaves
+/// them alone. A run that created its schema takes the lock again (its stopped sessions
+/// release it) before dropping anything, and drops only once no session of any run works on
+/// the shadow tables (`shadow::SESSIONS_LOCK`), so a run that started in between keeps its
+/// tables.
 pub async fn cleanup(mas_db: &ConnectOptions, sessions: &Sessions) -> anyhow::Result<Vec<String>> {
     if !sessions.locked.load(Ordering::SeqCst) {
         return Ok(Vec::new());
@@ -263,6 +341,9 @@ pub async fn cleanup(mas_db: &ConnectOptions, sessions: &Sessions) -> anyhow::Re
             )
             .await
             .context("stopping this run's MAS sessions")?;
+    }
+    if !sessions.created.load(Ordering::SeqCst) {
+        return Ok(Vec::new());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -282,8 +363,14 @@ pub async fn cleanup(mas_db: &ConnectOptions, sessions: &Sessions) -> anyhow::Re
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    shadow::drop_leftovers(&client).await
+    crate::test_hooks::pause("cleanup-locked").await;
+    shadow::drop_leftovers(&client, SESSIONS_GONE).await
 }
+
+/// How long dropping leftovers waits for sessions that are ending to be gone: a session closed
+/// by its client (the end of a rebuild session, a run that just exited) or terminated by
+/// `cleanup` releases its locks when its server process has exited, a moment later.
+const SESSIONS_GONE: Duration = Duration::from_secs(5);
 
 /// Takes a session-level advisory lock on MAS if it is free.
 async fn try_lock(client: &Client, key: i64, what: &str) -> anyhow::Result<bool> {

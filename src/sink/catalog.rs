@@ -48,6 +48,14 @@ pub struct ConstraintDef {
     pub references: Vec<Target>,
 }
 
+impl ConstraintDef {
+    /// A foreign key to a MAS table outside the eight: added in the swap, not on the shadow
+    /// table (see `shadow::OutgoingKey`).
+    pub fn is_outgoing(&self) -> bool {
+        self.kind == ConstraintKind::ForeignKey && self.references.is_empty()
+    }
+}
+
 /// Whether index `i` has a key with a collation (text-like columns and expressions).
 const TEXTUAL: &str =
     "EXISTS (SELECT 1 FROM unnest(i.indcollation::oid[]) AS coll WHERE coll <> 0)";

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_postgres::Client;
 
 use super::catalog::{ConstraintKind, Definitions};
-use super::shadow::{PREFIX, Rename, shadow_name};
+use super::shadow::{OutgoingKey, PREFIX, Rename, shadow_name};
 use super::tables::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub struct Job {
 pub struct Schedule {
     pub jobs: Vec<Job>,
     pub renames: Vec<Rename>,
+    /// Foreign keys to tables outside the eight, which the swap adds.
+    pub outgoing: Vec<OutgoingKey>,
 }
 
 /// Builds the job graph from the real tables' definitions; `rows` estimates each table's size.
@@ -118,6 +120,16 @@ pub fn schedule(defs: &Definitions, rows: &BTreeMap<Target, u64>) -> Schedule {
         });
         s.jobs.push(finish_job(defs, target, attach_job, size));
     }
+    s.outgoing = defs
+        .constraints
+        .iter()
+        .filter(|c| c.is_outgoing())
+        .map(|c| OutgoingKey {
+            target: c.target,
+            name: c.name.clone(),
+            definition: c.definition.clone(),
+        })
+        .collect();
     resolve_attach_deps(&mut s);
     s
 }
@@ -151,6 +163,7 @@ fn finish_job(defs: &Definitions, target: Target, attach_job: usize, size: u64) 
         .constraints
         .iter()
         .filter(|c| c.target == target && c.kind == ConstraintKind::ForeignKey)
+        .filter(|c| !c.is_outgoing())
     {
         sql.push(format!(
             "ALTER TABLE {shadow} ADD CONSTRAINT {} {} NOT VALID",
@@ -233,6 +246,10 @@ impl Runner {
         &self.schedule.renames
     }
 
+    pub fn outgoing(&self) -> &[OutgoingKey] {
+        &self.schedule.outgoing
+    }
+
     /// Called when a table's COPY has committed: its jobs may start.
     pub fn loaded(&self, target: Target) {
         self.state.lock().unwrap().loaded.insert(target);
@@ -307,6 +324,9 @@ impl Runner {
             let job = &self.schedule.jobs[i];
             let start = Instant::now();
             for sql in &job.sql {
+                if sql.contains(" VALIDATE CONSTRAINT ") {
+                    crate::test_hooks::pause("fk-validation").await;
+                }
                 if let Err(e) = client.batch_execute(sql).await {
                     self.abort();
                     return Err(crate::db::without_detail(e)).with_context(|| {
@@ -317,6 +337,9 @@ impl Runner {
             tracing::debug!(job = %job.label, seconds = start.elapsed().as_secs_f64(), "rebuilt");
             self.finished(i, start.elapsed());
             on_done(&job.label);
+            if job.label.starts_with("index ") {
+                crate::test_hooks::pause("index-built").await;
+            }
         }
     }
 

@@ -2,23 +2,129 @@
 //! one transaction.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio_postgres::{Client, Transaction};
 
 use super::tables::Target;
 
-/// Prefix of everything syn2mas creates in MAS; anything carrying it is a leftover of an
-/// interrupted run and safe to drop.
+/// The schema of syn2mas's own in the MAS database that holds the shadow tables until the
+/// swap. Keeping them out of MAS's schema means a run killed at any moment leaves MAS's schema
+/// (its tables, catalogue, triggers and grants) exactly as it was: whatever a kill leaves
+/// behind is this one schema, which the next run (or `DROP SCHEMA syn2mas_shadow CASCADE`)
+/// removes.
+pub const SCHEMA: &str = "syn2mas_shadow";
+
+/// The comment that marks [`SCHEMA`] as syn2mas's: a schema of that name without it is not
+/// ours, and syn2mas refuses to drop it.
+const SCHEMA_MARK: &str = "syn2mas: shadow tables of a migration in progress or interrupted; safe to drop when no syn2mas runs";
+
+/// Prefix of the temporary names of indexes and constraints built on the shadow tables (they
+/// get their real names in the swap); also the prefix of the shadow tables of earlier syn2mas
+/// builds, which kept them in MAS's schema and whose leftovers are still dropped.
 pub const PREFIX: &str = "syn2mas_new_";
 
+/// The shadow table of `target`, qualified with [`SCHEMA`].
 pub fn shadow_name(target: Target) -> String {
-    format!("{PREFIX}{}", target.name())
+    format!("{SCHEMA}.{}", target.name())
 }
 
-/// Drops the shadow tables an interrupted run left behind; returns their names so the caller
-/// can say so.
-pub async fn drop_leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
+/// Second advisory lock key: every MAS session of a run holds it in shared mode for as long as
+/// it is connected, and a run takes it exclusively before dropping leftovers. A run whose
+/// lock-holding session died still has writer or rebuild sessions working on its shadow
+/// tables; while they live, no other run can take them for leftovers and drop them.
+pub const SESSIONS_LOCK: i64 = 0x7379_6e32_6d61_7331; // "syn2mas1"
+
+/// Holds [`SESSIONS_LOCK`] in shared mode for the rest of `client`'s session.
+pub async fn join_run(client: &Client) -> anyhow::Result<()> {
+    client
+        .execute("SELECT pg_advisory_lock_shared($1)", &[&SESSIONS_LOCK])
+        .await
+        .context("taking syn2mas's shared session lock on MAS")?;
+    Ok(())
+}
+
+/// Drops what an interrupted run left behind: the [`SCHEMA`] with its shadow tables, and the
+/// `syn2mas_new_*` tables older versions kept in MAS's schema. Returns what was dropped so the
+/// caller can say so. Refuses while sessions of another run are still connected (they hold
+/// [`SESSIONS_LOCK`]): their tables are in use, not left over.
+///
+/// `wait` is how long to wait for such sessions to end: a run cleaning up after itself has
+/// just terminated its own, which takes the server a moment.
+pub async fn drop_leftovers(client: &Client, wait: Duration) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + wait;
+    let free = loop {
+        let free: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&SESSIONS_LOCK])
+            .await
+            .context("taking syn2mas's session lock on MAS")?
+            .get(0);
+        if free || Instant::now() >= deadline {
+            break free;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if !free {
+        let pids: Vec<String> = client
+            .query(
+                "SELECT pid::text FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   AND classid = ($1::int8 >> 32)::oid AND objid = ($1::int8 & 4294967295)::oid
+                   AND pid <> pg_backend_pid() ORDER BY pid",
+                &[&SESSIONS_LOCK],
+            )
+            .await
+            .context("listing sessions of another syn2mas run")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        bail!(
+            "sessions of another syn2mas run are still connected to MAS (backend pids {}) and work on its shadow tables; \
+             wait for that run to end, or stop those sessions (`SELECT pg_terminate_backend(pid)`), then run again",
+            pids.join(", ")
+        );
+    }
+    let mut dropped = legacy_leftovers(client).await?;
+    if let Some(tables) = own_schema(client).await? {
+        client
+            .batch_execute(&format!("DROP SCHEMA {SCHEMA} CASCADE"))
+            .await
+            .context("dropping leftovers of an interrupted run")?;
+        dropped.push(format!("schema {SCHEMA} ({tables} tables)"));
+    }
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&SESSIONS_LOCK])
+        .await
+        .context("releasing syn2mas's session lock on MAS")?;
+    Ok(dropped)
+}
+
+/// The number of tables in [`SCHEMA`] when it exists and is ours; refuses a schema of that
+/// name that syn2mas did not create.
+async fn own_schema(client: &Client) -> anyhow::Result<Option<i64>> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT obj_description(n.oid, 'pg_namespace'),
+                    (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind = 'r')
+               FROM pg_namespace n WHERE n.nspname = $1",
+            &[&SCHEMA],
+        )
+        .await
+        .context("looking for leftovers of an interrupted run")?
+    else {
+        return Ok(None);
+    };
+    if row.get::<_, Option<String>>(0).as_deref() != Some(SCHEMA_MARK) {
+        bail!(
+            "the MAS database has a schema `{SCHEMA}` that syn2mas did not create; syn2mas needs that name for its shadow tables. Rename or drop it"
+        );
+    }
+    Ok(Some(row.get(1)))
+}
+
+/// Drops the `syn2mas_new_*` shadow tables of syn2mas versions that kept them in MAS's schema.
+async fn legacy_leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
     let rows = client
         .query(
             "SELECT quote_ident(relname) FROM pg_class
@@ -40,6 +146,19 @@ pub async fn drop_leftovers(client: &Client) -> anyhow::Result<Vec<String>> {
             .context("dropping leftovers of an interrupted run")?;
     }
     Ok(names)
+}
+
+/// Creates [`SCHEMA`], marked as syn2mas's, for this run's shadow tables.
+pub async fn create_schema(client: &Client) -> anyhow::Result<()> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; CREATE SCHEMA {SCHEMA}; COMMENT ON SCHEMA {SCHEMA} IS '{SCHEMA_MARK}'; COMMIT"
+        ))
+        .await
+        .map_err(crate::db::without_detail)
+        .context(
+            "creating syn2mas's schema for the shadow tables in MAS: the migrating role needs the CREATE privilege on the MAS database",
+        )
 }
 
 /// Refuses to start when something depends on the target tables that the swap could not carry
@@ -141,6 +260,37 @@ pub enum Rename {
     Index { from: String, to: String },
 }
 
+/// A foreign key from a target table to a MAS table syn2mas does not replace
+/// (`upstream_oauth_providers`, `user_sessions`). Adding it installs triggers on the referenced
+/// table, which is live MAS, so it is added only inside the swap: before, a kill would leave
+/// those triggers behind (and block deleting a provider while the leftovers exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingKey {
+    pub target: Target,
+    /// Quoted constraint name.
+    pub name: String,
+    /// `pg_get_constraintdef` text (the referenced table as MAS's search path shows it).
+    pub definition: String,
+}
+
+/// Adds (and so validates) the foreign keys to tables outside the eight; in the swap, after the
+/// new tables have their real names.
+async fn add_outgoing(tx: &Transaction<'_>, keys: &[OutgoingKey]) -> anyhow::Result<()> {
+    for k in keys {
+        let sql = format!(
+            "ALTER TABLE {} ADD CONSTRAINT {} {}",
+            k.target.name(),
+            k.name,
+            k.definition
+        );
+        tx.batch_execute(&sql)
+            .await
+            .map_err(crate::db::without_detail)
+            .with_context(|| format!("swap: {sql}"))?;
+    }
+    Ok(())
+}
+
 /// What the real tables carried that a fresh table does not.
 struct Carried {
     incoming: Vec<(String, String, String)>,
@@ -155,7 +305,12 @@ struct Carried {
 /// the shadows, renames every index and constraint to its real name and restores the foreign
 /// keys of other tables, owners, grants, options and comments. With `commit = false` (dry-run)
 /// it is rolled back after doing everything, which proves it would have worked.
-pub async fn swap(client: &mut Client, renames: &[Rename], commit: bool) -> anyhow::Result<()> {
+pub async fn swap(
+    client: &mut Client,
+    renames: &[Rename],
+    outgoing: &[OutgoingKey],
+    commit: bool,
+) -> anyhow::Result<()> {
     let tx = client.transaction().await.context("starting the swap")?;
     tx.batch_execute("SET LOCAL lock_timeout = '60s'").await?;
     let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
@@ -165,6 +320,7 @@ pub async fn swap(client: &mut Client, renames: &[Rename], commit: bool) -> anyh
     ))
     .await
     .context("locking the MAS tables for the swap (is MAS running and holding them?)")?;
+    crate::test_hooks::pause("swap-locked").await;
     ensure_still_empty(&tx).await?;
     let carried = carried(&tx, &names).await?;
     for (table, name, _) in &carried.incoming {
@@ -175,16 +331,23 @@ pub async fn swap(client: &mut Client, renames: &[Rename], commit: bool) -> anyh
     tx.batch_execute(&format!("DROP TABLE {}", names.join(", ")))
         .await
         .context("dropping the empty MAS tables for the swap")?;
+    let schema: String = tx
+        .query_one("SELECT quote_ident(current_schema())", &[])
+        .await
+        .context("looking up MAS's schema")?
+        .get(0);
     for t in Target::ALL {
         tx.batch_execute(&format!(
-            "ALTER TABLE {} RENAME TO {}; ALTER TABLE {} RESET (autovacuum_enabled)",
+            "ALTER TABLE {} SET SCHEMA {schema}; ALTER TABLE {} RESET (autovacuum_enabled)",
             shadow_name(t),
-            t.name(),
             t.name()
         ))
         .await
-        .with_context(|| format!("renaming the shadow of `{}`", t.name()))?;
+        .with_context(|| format!("moving the shadow of `{}` into MAS's schema", t.name()))?;
     }
+    tx.batch_execute(&format!("DROP SCHEMA {SCHEMA}"))
+        .await
+        .context("dropping syn2mas's emptied schema in the swap")?;
     for r in renames {
         let sql = match r {
             Rename::Constraint { target, from, to } => {
@@ -201,6 +364,8 @@ pub async fn swap(client: &mut Client, renames: &[Rename], commit: bool) -> anyh
             .with_context(|| format!("swap: {sql}"))?;
     }
     restore(&tx, &carried, &names).await?;
+    add_outgoing(&tx, outgoing).await?;
+    crate::test_hooks::pause("swap-moved").await;
     if commit {
         tx.commit().await.context("committing the swap")?;
     } else {

@@ -636,6 +636,65 @@ impl TestDb {
             .get(0)
     }
 
+    /// What syn2mas left in this (MAS) database: its shadow schema (`schema syn2mas_shadow`)
+    /// and the tables in it, and shadow tables of earlier builds (`syn2mas_new_*`) anywhere,
+    /// schema-qualified.
+    pub async fn leftovers(&self) -> Vec<String> {
+        self.client()
+            .await
+            .query(LEFTOVERS, &[])
+            .await
+            .unwrap_or_else(|e| panic!("listing leftovers on {}: {}", self.name, pg_error(&e)))
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// A fingerprint of the whole database except the schemas in `except`: every row of every
+    /// table and sequence in every schema, and the catalogue (schemas, relations with owners,
+    /// options and grants, columns, defaults, indexes, constraints, triggers, rules, policies,
+    /// functions, comments, default privileges, extensions, the database's own grants). Two
+    /// equal fingerprints mean nothing a client can see differs. Returned as lines so a
+    /// failing comparison can show the difference.
+    pub async fn fingerprint(&self, except: &[&str]) -> Vec<String> {
+        let client = self.client().await;
+        let except: Vec<String> = except.iter().map(|s| (*s).to_owned()).collect();
+        let mut lines: Vec<String> = client
+            .query(FINGERPRINT_CATALOGUE, &[&except])
+            .await
+            .unwrap_or_else(|e| panic!("fingerprint of {}: {}", self.name, pg_error(&e)))
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let relations: Vec<String> = client
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+                   JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relkind IN ('r', 'p', 'S', 'm')
+                    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                    AND n.nspname NOT LIKE 'pg\\_toast%' AND NOT n.nspname = ANY($1)
+                  ORDER BY 1",
+                &[&except],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for rel in relations {
+            let sql = format!(
+                "SELECT count(*)::text || ' ' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM {rel} x"
+            );
+            let digest: String = client
+                .query_one(&sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {}", pg_error(&e)))
+                .get(0);
+            lines.push(format!("rows {rel} {digest}"));
+        }
+        lines
+    }
+
     /// Drop the database and wait until it is gone (plain `drop` only starts the drop).
     pub fn drop_now(mut self) {
         let name = std::mem::take(&mut self.name);
@@ -820,3 +879,79 @@ impl Fixture {
         c
     }
 }
+
+/// See `TestDb::leftovers`.
+const LEFTOVERS: &str = r"
+SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname = 'syn2mas_shadow'
+UNION ALL
+SELECT format('%s.%s', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND (n.nspname = 'syn2mas_shadow' OR c.relname LIKE 'syn2mas\_new\_%')
+ORDER BY 1";
+
+/// The catalogue part of `TestDb::fingerprint`: one line per object, by name (never by oid,
+/// except where PostgreSQL's own generated names carry one, such as RI trigger names, which is
+/// stricter still), for every schema but the system ones and those in `$1`.
+const FINGERPRINT_CATALOGUE: &str = r"
+WITH ns AS (
+  SELECT oid, nspname FROM pg_namespace
+   WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\_toast%'
+     AND nspname NOT LIKE 'pg\_temp%' AND NOT nspname = ANY($1::text[])
+)
+SELECT line FROM (
+  SELECT 'database acl=' || coalesce(datacl::text, '') || ' owner=' || pg_get_userbyid(datdba) AS line
+    FROM pg_database WHERE datname = current_database()
+  UNION ALL
+  SELECT 'schema ' || nspname || ' owner=' || pg_get_userbyid(n.nspowner) || ' acl=' || coalesce(n.nspacl::text, '')
+         || ' comment=' || coalesce(obj_description(n.oid, 'pg_namespace'), '')
+    FROM pg_namespace n JOIN ns USING (oid, nspname)
+  UNION ALL
+  SELECT 'rel ' || ns.nspname || '.' || c.relname || ' kind=' || c.relkind::text || ' owner=' || pg_get_userbyid(c.relowner)
+         || ' persistence=' || c.relpersistence::text || ' opts=' || coalesce(array_to_string(c.reloptions, ','), '')
+         || ' acl=' || coalesce(c.relacl::text, '') || ' rowsecurity=' || c.relrowsecurity
+         || ' comment=' || coalesce(obj_description(c.oid, 'pg_class'), '')
+    FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+  UNION ALL
+  SELECT 'col ' || ns.nspname || '.' || c.relname || ' ' || a.attnum || ' ' || a.attname || ' '
+         || format_type(a.atttypid, a.atttypmod) || ' notnull=' || a.attnotnull
+         || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '') || ' identity=' || a.attidentity::text
+         || ' generated=' || a.attgenerated::text || ' dropped=' || a.attisdropped || ' storage=' || a.attstorage::text
+         || ' acl=' || coalesce(a.attacl::text, '')
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN ns ON ns.oid = c.relnamespace
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+   WHERE a.attnum > 0
+  UNION ALL
+  SELECT 'idx ' || schemaname || '.' || tablename || ' ' || indexdef FROM pg_indexes
+   WHERE schemaname IN (SELECT nspname FROM ns)
+  UNION ALL
+  SELECT 'con ' || ns.nspname || ' ' || k.conrelid::regclass::text || ' ' || k.conname || ' '
+         || pg_get_constraintdef(k.oid) || ' validated=' || k.convalidated
+    FROM pg_constraint k JOIN ns ON ns.oid = k.connamespace
+  UNION ALL
+  SELECT 'trigger ' || t.tgrelid::regclass::text || ' ' || t.tgname || ' ' || t.tgfoid::regprocedure::text
+         || ' enabled=' || t.tgenabled::text || ' internal=' || t.tgisinternal
+         || ' constraint=' || coalesce(t.tgconstrrelid::regclass::text, '')
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN ns ON ns.oid = c.relnamespace
+  UNION ALL
+  SELECT 'rule ' || schemaname || '.' || tablename || ' ' || rulename || ' ' || definition FROM pg_rules
+   WHERE schemaname IN (SELECT nspname FROM ns)
+  UNION ALL
+  SELECT 'view ' || schemaname || '.' || viewname || ' ' || definition FROM pg_views
+   WHERE schemaname IN (SELECT nspname FROM ns)
+  UNION ALL
+  SELECT 'policy ' || schemaname || '.' || tablename || ' ' || policyname || ' ' || coalesce(qual, '')
+    FROM pg_policies WHERE schemaname IN (SELECT nspname FROM ns)
+  UNION ALL
+  SELECT 'function ' || p.oid::regprocedure::text || ' owner=' || pg_get_userbyid(p.proowner)
+         || ' acl=' || coalesce(p.proacl::text, '') || ' ' || md5(coalesce(p.prosrc, ''))
+    FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace
+  UNION ALL
+  SELECT 'type ' || ns.nspname || '.' || t.typname || ' ' || t.typtype::text
+    FROM pg_type t JOIN ns ON ns.oid = t.typnamespace
+  UNION ALL
+  SELECT 'default-acl ' || pg_get_userbyid(d.defaclrole) || ' ' || coalesce(d.defaclnamespace::regnamespace::text, '')
+         || ' ' || d.defaclobjtype::text || ' ' || d.defaclacl::text
+    FROM pg_default_acl d
+  UNION ALL
+  SELECT 'extension ' || extname || ' ' || extversion FROM pg_extension
+) all_lines
+ORDER BY line";
