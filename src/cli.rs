@@ -105,6 +105,13 @@ pub enum Command {
     Check,
     /// Run the preflight checks, then migrate Synapse's accounts into MAS, all or nothing (bad rows stop it, exit 10)
     Migrate(MigrateArgs),
+    /// Build the stage while Synapse runs: everything `migrate` would write, indexed, in MAS's `syn2mas_stage` schema; MAS's own tables are untouched. `migrate` then applies only what changed since
+    Prestage(PrestageArgs),
+    /// Show (`status`) or remove (`drop`) the stage `prestage` built
+    Stage {
+        #[command(subcommand)]
+        action: StageAction,
+    },
     /// Compare Synapse with the migrated MAS database row by row, read-only; exit 10 on any difference
     Verify,
     /// Create two demo databases from the bundled fixture on the local PostgreSQL, then check and migrate them
@@ -120,6 +127,33 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand, Clone, Copy)]
+pub enum StageAction {
+    /// When the stage was taken, its rows, whether `migrate` can use it, and how many Synapse users changed since (exact; reads Synapse's six tables once)
+    Status,
+    /// Remove the stage (MAS's own tables are not touched)
+    Drop,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PrestageArgs {
+    /// Build the stage even when the checks found warnings (`migrate` will need it too)
+    #[arg(long)]
+    pub allow_warnings: bool,
+
+    /// Run every `check` first, not only the preflight checks
+    #[arg(long)]
+    pub full_check: bool,
+
+    /// Derive every generated id from this seed instead of fresh randomness (reproducible runs, tests)
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// Number of PostgreSQL sessions building indexes and constraints on MAS in parallel
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub rebuild_sessions: usize,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -145,6 +179,24 @@ pub struct MigrateArgs {
     /// Number of PostgreSQL sessions building indexes and constraints on MAS in parallel
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub rebuild_sessions: usize,
+
+    /// Migrate everything even when a stage from `syn2mas prestage` exists (the stage is left as it is)
+    #[arg(long)]
+    pub no_stage: bool,
+}
+
+impl PrestageArgs {
+    /// The migration's arguments a prestage runs with.
+    pub fn as_migrate(&self) -> MigrateArgs {
+        MigrateArgs {
+            dry_run: false,
+            allow_warnings: self.allow_warnings,
+            full_check: self.full_check,
+            seed: self.seed,
+            rebuild_sessions: self.rebuild_sessions,
+            no_stage: true,
+        }
+    }
 }
 
 /// By hand, so that the database URIs, which may hold a password, show as `[redacted]`.

@@ -17,6 +17,7 @@ pub mod report;
 pub mod secret;
 pub mod sink;
 pub mod source;
+pub mod stage;
 pub mod test_hooks;
 pub mod transform;
 pub mod verify;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use syn2mas::check::{self, CheckInputs, Report};
-use syn2mas::cli::{Cli, ColorChoice, Command, GlobalArgs, LogFormat, MigrateArgs};
+use syn2mas::cli::{Cli, ColorChoice, Command, GlobalArgs, LogFormat, MigrateArgs, StageAction};
 use syn2mas::config::{self, MasConfig, SynapseConfig};
 use syn2mas::db::ConnectOptions;
 use syn2mas::exit;
@@ -184,6 +184,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             full_check: true,
             seed: None,
             rebuild_sessions: 2,
+            no_stage: false,
         });
     }
     let g = &cli.global;
@@ -192,6 +193,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
         Some(dir) => Some(Arc::new(ReportDir::create(dir)?)),
         None => None,
     };
+    if let Command::Stage { action } = cli.command {
+        return stage_command(g, &l, action).await;
+    }
     if let Command::Verify = cli.command {
         return tokio::select! {
             r = verify(g, &l, report_dir.as_deref()) => r,
@@ -207,6 +211,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
         ignore_missing_auth_providers: g.ignore_missing_auth_providers,
         scope: match &cli.command {
             Command::Migrate(m) if !m.full_check => check::Scope::Preflight,
+            Command::Prestage(p) if !p.full_check => check::Scope::Preflight,
             _ => check::Scope::Full,
         },
         progress: &progress,
@@ -236,6 +241,19 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             let run = Run {
                 g,
                 args,
+                prestage: false,
+                l: &l,
+                progress: &progress,
+                report_dir,
+            };
+            run.migrate_after_check(report).await
+        }
+        Command::Prestage(p) => {
+            let args = p.as_migrate();
+            let run = Run {
+                g,
+                args: &args,
+                prestage: true,
                 l: &l,
                 progress: &progress,
                 report_dir,
@@ -243,8 +261,42 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             run.migrate_after_check(report).await
         }
         Command::Demo => unreachable!("demo runs as migrate"),
-        Command::Verify | Command::Completions { .. } | Command::Man { .. } => {
+        Command::Verify
+        | Command::Stage { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => {
             unreachable!("returned above")
+        }
+    }
+}
+
+/// `syn2mas stage status|drop`.
+async fn stage_command(g: &GlobalArgs, l: &Loaded, action: StageAction) -> anyhow::Result<u8> {
+    let mut mas = l.mas_db.connect("MAS").await?;
+    match action {
+        StageAction::Drop => {
+            let had = syn2mas::stage::drop(&mut mas).await?;
+            say(
+                Level::Info,
+                if had {
+                    "The stage was dropped; MAS's own tables were not touched."
+                } else {
+                    "There is no stage."
+                },
+            );
+            Ok(exit::OK)
+        }
+        StageAction::Status => {
+            let synapse = l.synapse_db.connect("Synapse").await?;
+            let status =
+                syn2mas::stage::status(&synapse, &mas, &l.mas, g.ignore_missing_auth_providers)
+                    .await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                status.render_human(&mut std::io::stdout().lock())?;
+            }
+            Ok(exit::OK)
         }
     }
 }
@@ -313,6 +365,8 @@ fn print_report(g: &GlobalArgs, report: &Report) -> anyhow::Result<()> {
 struct Run<'a> {
     g: &'a GlobalArgs,
     args: &'a MigrateArgs,
+    /// `syn2mas prestage`: the run builds the stage.
+    prestage: bool,
     l: &'a Loaded,
     progress: &'a Progress,
     report_dir: Option<Arc<ReportDir>>,
@@ -375,6 +429,8 @@ impl Run<'_> {
             seed: args.seed,
             rebuild_sessions: args.rebuild_sessions,
             ignore_missing_auth_providers: g.ignore_missing_auth_providers,
+            prestage: self.prestage,
+            no_stage: args.no_stage,
         };
         let sessions = Sessions::default();
         let outcome = tokio::select! {

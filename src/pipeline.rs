@@ -80,25 +80,33 @@ pub async fn open_readers(synapse_db: &ConnectOptions) -> anyhow::Result<Vec<Cli
     Ok(futures::future::try_join_all((0..READERS).map(|_| synapse_db.connect("Synapse"))).await?)
 }
 
-/// The `SELECT` of a single-read stage and its column count.
-fn stage_read(query: Query) -> Option<(String, usize)> {
-    fn of<'a, R: Read<'a>>() -> Option<(String, usize)> {
-        Some((R::sql(), R::FIELDS))
+/// The `SELECT` of a single-read stage and its column count; of `users`' rows only when given
+/// (a SQL array literal, see `Ctx::only_users`).
+fn stage_read(query: Query, users: Option<&str>) -> Option<(String, usize)> {
+    fn of<'a, R: Read<'a>>(users: Option<&str>) -> Option<(String, usize)> {
+        Some((select::<R>(users), R::FIELDS))
     }
     match query {
-        Query::Users => of::<User<'_>>(),
-        Query::Threepids => of::<Threepid<'_>>(),
-        Query::ExternalIds => of::<ExternalId<'_>>(),
+        Query::Users => of::<User<'_>>(users),
+        Query::Threepids => of::<Threepid<'_>>(users),
+        Query::ExternalIds => of::<ExternalId<'_>>(users),
         Query::Sessions => None,
     }
 }
 
 /// The `SELECT` of one of the devices/tokens reads and its column count.
-fn session_read(read: SessionRead) -> (String, usize) {
+fn session_read(read: SessionRead, users: Option<&str>) -> (String, usize) {
     match read {
-        SessionRead::Owners => (Owner::sql(), Owner::FIELDS),
-        SessionRead::Devices => (Device::sql(), Device::FIELDS),
-        SessionRead::Tokens => (Token::sql(), Token::FIELDS),
+        SessionRead::Owners => (select::<Owner>(users), Owner::FIELDS),
+        SessionRead::Devices => (select::<Device>(users), Device::FIELDS),
+        SessionRead::Tokens => (select::<Token>(users), Token::FIELDS),
+    }
+}
+
+fn select<'a, R: Read<'a>>(users: Option<&str>) -> String {
+    match users {
+        Some(list) => R::sql_for_users(list),
+        None => R::sql(),
     }
 }
 
@@ -189,12 +197,9 @@ async fn sessions_stage(
     spill::make_room_for_files(parts * SessionRead::ALL.len())
         .context("raising the open-files limit for the partition files")?;
     let read_bar = progress.bar("devices and tokens: read", rows, "rows");
-    let files = futures::future::try_join_all(
-        SessionRead::ALL
-            .into_iter()
-            .zip(readers)
-            .map(|(read, client)| spill_read(client, read, parts, &read_bar)),
-    )
+    let files = futures::future::try_join_all(SessionRead::ALL.into_iter().zip(readers).map(
+        |(read, client)| spill_read(client, read, ctx.only_users.as_deref(), parts, &read_bar),
+    ))
     .await?;
     read_bar.set_length(read_bar.position());
     read_bar.finish();
@@ -219,10 +224,11 @@ async fn sessions_stage(
 async fn spill_read(
     client: &Client,
     read: SessionRead,
+    users: Option<&str>,
     parts: usize,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Vec<std::fs::File>> {
-    let (sql, fields) = session_read(read);
+    let (sql, fields) = session_read(read, users);
     let (tx, mut rx) = mpsc::channel::<reader::Chunk>(2);
     let bar = bar.clone();
     let spilling = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<std::fs::File>> {
@@ -293,8 +299,8 @@ async fn run_stage(
     senders: &Senders,
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<Stats> {
-    let (sql, fields) =
-        stage_read(query).with_context(|| format!("`{}` has no single read", query.name()))?;
+    let (sql, fields) = stage_read(query, ctx.only_users.as_deref())
+        .with_context(|| format!("`{}` has no single read", query.name()))?;
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<reader::Chunk>(2);
     let (job_tx, job_rx) = mpsc::channel::<Job>(IN_FLIGHT);
     let read = reader::stream(synapse, &sql, fields, query.name(), chunk_tx);

@@ -23,7 +23,7 @@ use crate::progress::Progress;
 pub use summary::{EntitySummary, Summary};
 use summary::{plan_mismatches, summarise};
 
-mod summary;
+pub(crate) mod summary;
 use crate::sink::tables::Target;
 use crate::sink::{catalog, rebuild, shadow, writer};
 use crate::source;
@@ -50,6 +50,10 @@ pub struct MigrateOptions {
     pub seed: Option<u64>,
     pub rebuild_sessions: usize,
     pub ignore_missing_auth_providers: bool,
+    /// `syn2mas prestage`: build the stage instead of swapping (Synapse may run).
+    pub prestage: bool,
+    /// `--no-stage`: the full migration even when a stage exists.
+    pub no_stage: bool,
 }
 
 /// Backend pids of the MAS sessions a run opened, so a failed or interrupted run can stop them
@@ -138,6 +142,18 @@ pub async fn run(
     sessions.remember_users_oid(&main).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "MAS checked and locked");
     let defs = catalog::read(&main).await?;
+    if !opts.prestage && !opts.no_stage && crate::stage::exists(&main).await? {
+        let run = crate::stage::delta::Run {
+            synapse_db,
+            mas,
+            opts,
+            progress,
+            defs: &defs,
+            started,
+            leftovers,
+        };
+        return run.apply(main).await;
+    }
     shadow::create_schema(&main).await?;
     sessions.created.store(true, Ordering::SeqCst);
     pause_point("schema").await;
@@ -152,26 +168,47 @@ pub async fn run(
         load_seconds,
         stage_seconds,
         rebuild_seconds,
+        stage_facts,
+        ids_key,
+        now_ms,
     } = built;
 
     pause_point("swap").await;
     let swap_start = Instant::now();
-    shadow::swap(
-        &mut main,
-        runner.renames(),
-        runner.outgoing(),
-        !opts.dry_run,
-    )
-    .await?;
-    if opts.dry_run {
-        shadow::drop_leftovers(&main, SESSIONS_GONE).await?;
+    if let Some(facts) = stage_facts {
+        let meta = crate::stage::StageMeta {
+            taken_at: facts.taken_at,
+            snapshot_xmin: facts.snapshot_xmin,
+            system_identifier: facts.system_identifier,
+            database_oid: facts.database_oid,
+            database_name: facts.database_name,
+            synapse_schema_version: facts.synapse_schema_version,
+            mas_schema_version: crate::stage::mas_schema_version(&main).await?,
+            mapping: crate::stage::mapping_digest(mas, opts.ignore_missing_auth_providers),
+            id_key: hex(&ids_key),
+            now_ms,
+        };
+        crate::stage::finish(&mut main, runner.renames(), &meta).await?;
     } else {
-        pause_point("committed").await;
+        shadow::swap(
+            &mut main,
+            runner.renames(),
+            runner.outgoing(),
+            !opts.dry_run,
+        )
+        .await?;
+        if opts.dry_run {
+            shadow::drop_leftovers(&main, SESSIONS_GONE).await?;
+        } else {
+            pause_point("committed").await;
+        }
     }
     let swap_seconds = swap_start.elapsed().as_secs_f64();
     let entities = summarise(&stats, &stage_seconds)?;
     Ok(Summary {
         dry_run: opts.dry_run,
+        prestage: opts.prestage,
+        staged: None,
         plan_mismatches: exact_plan
             .map(|p| plan_mismatches(p, &entities))
             .unwrap_or_default(),
@@ -197,6 +234,15 @@ struct Built {
     load_seconds: f64,
     stage_seconds: BTreeMap<source::Entity, f64>,
     rebuild_seconds: f64,
+    /// For a prestage: what the stage is built from.
+    stage_facts: Option<crate::stage::SourceFacts>,
+    ids_key: [u8; 16],
+    now_ms: i64,
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// How often the run looks whether its lock-holding MAS session is still connected.
@@ -230,7 +276,7 @@ async fn build(
     let started = Instant::now();
 
     let synapse = pipeline::open_readers(synapse_db).await?;
-    let lock = if opts.dry_run {
+    let lock = if opts.dry_run || opts.prestage {
         LockMode::AccessShare
     } else {
         LockMode::Exclusive
@@ -239,6 +285,11 @@ async fn build(
     for client in &synapse[1..] {
         snapshot::join(client, &snapshot_id).await?;
     }
+    let counts = if opts.prestage {
+        Some(start_counts(synapse_db, mas_db, &snapshot_id, sessions).await?)
+    } else {
+        None
+    };
     let mut ctx = context(
         mas,
         opts.seed,
@@ -289,6 +340,13 @@ async fn build(
     let load = load(&synapse, &ctx, plan, progress, senders).await;
     let load_seconds = started.elapsed().as_secs_f64();
     drop(synapse);
+    let stage_facts = match counts {
+        Some(task) => Some(
+            task.await
+                .context("copying the per-user counts panicked")??,
+        ),
+        None => None,
+    };
     let (stats, stage_seconds) = match load {
         Ok(v) => v,
         Err(e) => {
@@ -315,7 +373,33 @@ async fn build(
         load_seconds,
         stage_seconds,
         rebuild_seconds,
+        stage_facts,
+        ids_key: ctx.ids.key(),
+        now_ms: ctx.now_ms,
     })
+}
+
+/// For a prestage: reads the snapshot's facts and copies its per-user counts into the shadow
+/// schema, on sessions of their own (one joined to the snapshot), while the load runs.
+async fn start_counts(
+    synapse_db: &ConnectOptions,
+    mas_db: &ConnectOptions,
+    snapshot_id: &str,
+    sessions: &Sessions,
+) -> anyhow::Result<JoinHandle<anyhow::Result<crate::stage::SourceFacts>>> {
+    let reader = synapse_db.connect("Synapse").await?;
+    snapshot::join(&reader, snapshot_id).await?;
+    let other = synapse_db.connect("Synapse").await?;
+    let mas = open_sessions(mas_db, 1, sessions).await?.remove(0);
+    Ok(tokio::spawn(async move {
+        let facts = crate::stage::source_facts(&reader, &other).await?;
+        crate::stage::copy_counts(&reader, &mas).await?;
+        reader
+            .batch_execute("COMMIT")
+            .await
+            .context("closing the Synapse read transaction")?;
+        Ok(facts)
+    }))
 }
 
 /// After a failure or an interrupt: stops the run's MAS sessions and drops its shadow tables,
@@ -370,7 +454,7 @@ pub async fn cleanup(mas_db: &ConnectOptions, sessions: &Sessions) -> anyhow::Re
 /// How long dropping leftovers waits for sessions that are ending to be gone: a session closed
 /// by its client (the end of a rebuild session, a run that just exited) or terminated by
 /// `cleanup` releases its locks when its server process has exited, a moment later.
-const SESSIONS_GONE: Duration = Duration::from_secs(5);
+pub(crate) const SESSIONS_GONE: Duration = Duration::from_secs(5);
 
 /// Takes a session-level advisory lock on MAS if it is free.
 async fn try_lock(client: &Client, key: i64, what: &str) -> anyhow::Result<bool> {
@@ -381,7 +465,7 @@ async fn try_lock(client: &Client, key: i64, what: &str) -> anyhow::Result<bool>
         .get(0))
 }
 
-async fn take_locks(client: &Client) -> anyhow::Result<()> {
+pub(crate) async fn take_locks(client: &Client) -> anyhow::Result<()> {
     if !try_lock(client, UPSTREAM_SYN2MAS_LOCK, "the syn2mas advisory lock").await? {
         bail!(
             "another syn2mas (this tool or `mas-cli syn2mas`) is already running against this MAS database"
@@ -451,7 +535,7 @@ async fn spawn_rebuild(
 }
 
 /// Opens `n` MAS sessions at once (a TLS handshake each; in series they add up).
-async fn open_sessions(
+pub(crate) async fn open_sessions(
     mas_db: &ConnectOptions,
     n: usize,
     sessions: &Sessions,

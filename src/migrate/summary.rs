@@ -20,9 +20,28 @@ pub struct EntitySummary {
     pub rows_per_second: f64,
 }
 
+/// What a staged migration did besides the usual (see `stage::delta`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Staged {
+    /// When the stage's snapshot was taken.
+    pub stage_taken_at: String,
+    /// Synapse users with any row inserted, updated or deleted since the stage: their rows were
+    /// deleted from the stage and derived again. The entity counts above are theirs only.
+    pub changed_users: u64,
+    /// Finding them: the per-user counts and xmin scan of Synapse, merged with the stage's.
+    pub detect_seconds: f64,
+    /// Deleting and writing their rows in the stage (inside the swap's transaction).
+    pub apply_seconds: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub dry_run: bool,
+    /// `syn2mas prestage`: the run built the stage; MAS's own tables are unchanged.
+    pub prestage: bool,
+    /// A staged migration: the stage was brought up to date and swapped in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged: Option<Staged>,
     pub entities: Vec<EntitySummary>,
     /// Rows written to each MAS table.
     pub mas_rows: BTreeMap<String, u64>,
@@ -37,7 +56,7 @@ pub struct Summary {
 }
 
 /// The per-entity summary, asserting that every row read was migrated or skipped.
-pub(super) fn summarise(
+pub(crate) fn summarise(
     stats: &Stats,
     seconds: &BTreeMap<Entity, f64>,
 ) -> anyhow::Result<Vec<EntitySummary>> {
@@ -97,12 +116,27 @@ pub(super) fn plan_mismatches(plan: &Plan, entities: &[EntitySummary]) -> Vec<St
 impl Summary {
     /// The table printed at the end of a run.
     pub fn render_human(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let title = if self.dry_run {
-            "Dry run complete: everything was migrated, validated and rolled back; MAS is unchanged."
-        } else {
-            "Migration complete."
+        let title = match (self.prestage, &self.staged, self.dry_run) {
+            (true, _, _) => {
+                "Stage built: MAS's own tables are unchanged; `syn2mas migrate` will swap it in after applying what changes in Synapse from now on."
+            }
+            (false, Some(_), true) => {
+                "Dry run of the staged migration complete: the stage was brought up to date, validated and swapped in, then everything was rolled back; MAS and the stage are unchanged."
+            }
+            (false, Some(_), false) => "Migration complete (from the stage).",
+            (false, None, true) => {
+                "Dry run complete: everything was migrated, validated and rolled back; MAS is unchanged."
+            }
+            (false, None, false) => "Migration complete.",
         };
         writeln!(out, "\n{title}\n")?;
+        if let Some(s) = &self.staged {
+            writeln!(
+                out,
+                "Stage of {}: {} Synapse user(s) changed since; their rows were derived again (the counts below are theirs). Finding them {:.2}s, applying {:.2}s.\n",
+                s.stage_taken_at, s.changed_users, s.detect_seconds, s.apply_seconds
+            )?;
+        }
         writeln!(
             out,
             "{:<18} {:>10} {:>10} {:>10} {:>8} {:>11}  skipped by reason",
@@ -122,7 +156,12 @@ impl Summary {
                 reasons.join(", ")
             )?;
         }
-        writeln!(out, "\nMAS rows written:")?;
+        let rows_title = if self.prestage {
+            "Stage rows:"
+        } else {
+            "MAS rows written:"
+        };
+        writeln!(out, "\n{rows_title}")?;
         for (t, n) in &self.mas_rows {
             writeln!(out, "  {t:<34} {n:>10}")?;
         }

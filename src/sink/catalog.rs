@@ -48,6 +48,21 @@ pub struct ConstraintDef {
     pub references: Vec<Target>,
 }
 
+impl Definitions {
+    /// The foreign keys to MAS tables outside the eight, which the swap adds.
+    pub fn outgoing_keys(&self) -> Vec<super::shadow::OutgoingKey> {
+        self.constraints
+            .iter()
+            .filter(|c| c.is_outgoing())
+            .map(|c| super::shadow::OutgoingKey {
+                target: c.target,
+                name: c.name.clone(),
+                definition: c.definition.clone(),
+            })
+            .collect()
+    }
+}
+
 impl ConstraintDef {
     /// A foreign key to a MAS table outside the eight: added in the swap, not on the shadow
     /// table (see `shadow::OutgoingKey`).

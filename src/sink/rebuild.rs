@@ -120,16 +120,7 @@ pub fn schedule(defs: &Definitions, rows: &BTreeMap<Target, u64>) -> Schedule {
         });
         s.jobs.push(finish_job(defs, target, attach_job, size));
     }
-    s.outgoing = defs
-        .constraints
-        .iter()
-        .filter(|c| c.is_outgoing())
-        .map(|c| OutgoingKey {
-            target: c.target,
-            name: c.name.clone(),
-            definition: c.definition.clone(),
-        })
-        .collect();
+    s.outgoing = defs.outgoing_keys();
     resolve_attach_deps(&mut s);
     s
 }

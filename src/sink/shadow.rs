@@ -312,6 +312,25 @@ pub async fn swap(
     commit: bool,
 ) -> anyhow::Result<()> {
     let tx = client.transaction().await.context("starting the swap")?;
+    swap_in(&tx, SCHEMA, renames, outgoing).await?;
+    if commit {
+        tx.commit().await.context("committing the swap")?;
+    } else {
+        tx.rollback()
+            .await
+            .context("rolling back the dry-run swap")?;
+    }
+    Ok(())
+}
+
+/// The swap's work in `tx`, from the tables in schema `from` (this run's shadow schema, or the
+/// stage), which it drops once they are moved out.
+pub async fn swap_in(
+    tx: &Transaction<'_>,
+    from: &str,
+    renames: &[Rename],
+    outgoing: &[OutgoingKey],
+) -> anyhow::Result<()> {
     tx.batch_execute("SET LOCAL lock_timeout = '60s'").await?;
     let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
     tx.batch_execute(&format!(
@@ -321,8 +340,8 @@ pub async fn swap(
     .await
     .context("locking the MAS tables for the swap (is MAS running and holding them?)")?;
     crate::test_hooks::pause("swap-locked").await;
-    ensure_still_empty(&tx).await?;
-    let carried = carried(&tx, &names).await?;
+    ensure_still_empty(tx).await?;
+    let carried = carried(tx, &names).await?;
     for (table, name, _) in &carried.incoming {
         tx.batch_execute(&format!("ALTER TABLE {table} DROP CONSTRAINT {name}"))
             .await
@@ -338,14 +357,14 @@ pub async fn swap(
         .get(0);
     for t in Target::ALL {
         tx.batch_execute(&format!(
-            "ALTER TABLE {} SET SCHEMA {schema}; ALTER TABLE {} RESET (autovacuum_enabled)",
-            shadow_name(t),
+            "ALTER TABLE {from}.{} SET SCHEMA {schema}; ALTER TABLE {} RESET (autovacuum_enabled)",
+            t.name(),
             t.name()
         ))
         .await
-        .with_context(|| format!("moving the shadow of `{}` into MAS's schema", t.name()))?;
+        .with_context(|| format!("moving the new `{}` into MAS's schema", t.name()))?;
     }
-    tx.batch_execute(&format!("DROP SCHEMA {SCHEMA}"))
+    tx.batch_execute(&format!("DROP SCHEMA {from} CASCADE"))
         .await
         .context("dropping syn2mas's emptied schema in the swap")?;
     for r in renames {
@@ -363,16 +382,9 @@ pub async fn swap(
             .map_err(crate::db::without_detail)
             .with_context(|| format!("swap: {sql}"))?;
     }
-    restore(&tx, &carried, &names).await?;
-    add_outgoing(&tx, outgoing).await?;
+    restore(tx, &carried, &names).await?;
+    add_outgoing(tx, outgoing).await?;
     crate::test_hooks::pause("swap-moved").await;
-    if commit {
-        tx.commit().await.context("committing the swap")?;
-    } else {
-        tx.rollback()
-            .await
-            .context("rolling back the dry-run swap")?;
-    }
     Ok(())
 }
 

@@ -54,6 +54,9 @@ pub trait Read<'a>: Sized {
     const COLUMNS: &'static [(&'static str, &'static str)];
     /// The `FROM` clause (with joins and conditions).
     const FROM: &'static str;
+    /// The SQL expression of the Synapse user a row belongs to: what a read of some users'
+    /// rows only ([`Read::sql_for_users`]) filters on.
+    const OWNER: &'static str;
     /// Columns per row, for the COPY codec.
     const FIELDS: usize = Self::COLUMNS.len();
 
@@ -68,13 +71,24 @@ pub trait Read<'a>: Sized {
             .collect();
         format!("SELECT {} FROM {}", cols.join(", "), Self::FROM)
     }
+
+    /// The `SELECT` of the rows of the users in `users`, a SQL array literal of user ids (see
+    /// `stage::sql_text_array`; COPY takes no parameters).
+    fn sql_for_users(users: &str) -> String {
+        let joiner = if Self::FROM.contains(" WHERE ") {
+            "AND"
+        } else {
+            "WHERE"
+        };
+        format!("{} {joiner} {} = ANY({users})", Self::sql(), Self::OWNER)
+    }
 }
 
 /// Declares a read: the struct, and its [`Read`] implementation.
 macro_rules! read {
     (
         $(#[$meta:meta])*
-        $name:ident reads $table:literal from $from:literal {
+        $name:ident reads $table:literal from $from:literal by $owner:literal {
             $( $(#[$fmeta:meta])* $field:ident : $ty:ty = $sql:literal, )+
         }
     ) => {
@@ -89,6 +103,7 @@ macro_rules! read {
             const COLUMNS: &'static [(&'static str, &'static str)] =
                 &[ $( (stringify!($field), $sql), )+ ];
             const FROM: &'static str = $from;
+            const OWNER: &'static str = $owner;
 
             fn decode(row: &[Option<&'a [u8]>]) -> Result<Self, ColumnError> {
                 let mut values = row.iter().copied();
@@ -103,7 +118,7 @@ macro_rules! read {
 
 read! {
     /// Every Synapse user: MAS `users` and `user_passwords`.
-    User reads "users" from "users u" {
+    User reads "users" from "users u" by "u.name" {
         name: Option<&'a str> = "u.name",
         password_hash: Option<&'a [u8]> = "u.password_hash",
         creation_ts: Option<i64> = "u.creation_ts",
@@ -119,7 +134,7 @@ read! {
     /// Every third-party id with its owner's columns (all NULL/false when the owner is missing):
     /// MAS `user_emails` or `user_unsupported_third_party_ids`.
     Threepid reads "user_threepids"
-        from "user_threepids t LEFT JOIN users u ON u.name = t.user_id" {
+        from "user_threepids t LEFT JOIN users u ON u.name = t.user_id" by "t.user_id" {
         user_id: &'a str = "t.user_id",
         medium: &'a str = "t.medium",
         address: &'a [u8] = "t.address",
@@ -133,7 +148,7 @@ read! {
 read! {
     /// Every external id with its owner's columns: MAS `upstream_oauth_links`.
     ExternalId reads "user_external_ids"
-        from "user_external_ids e LEFT JOIN users u ON u.name = e.user_id" {
+        from "user_external_ids e LEFT JOIN users u ON u.name = e.user_id" by "e.user_id" {
         user_id: &'a str = "e.user_id",
         auth_provider: &'a str = "e.auth_provider",
         external_id: &'a [u8] = "e.external_id",
@@ -146,7 +161,7 @@ read! {
 read! {
     /// Devices and tokens, read 1 of 3: every named user as the owner of devices and tokens
     /// (partitioned by `name`).
-    Owner reads "users" from "users u WHERE u.name IS NOT NULL" {
+    Owner reads "users" from "users u WHERE u.name IS NOT NULL" by "u.name" {
         name: &'a str = "u.name",
         appservice: bool = "u.appservice_id IS NOT NULL",
         deactivated: bool = "u.deactivated <> 0",
@@ -158,7 +173,7 @@ read! {
 
 read! {
     /// Devices and tokens, read 2 of 3: every device as stored (partitioned by `user_id`).
-    Device reads "devices" from "devices d" {
+    Device reads "devices" from "devices d" by "d.user_id" {
         user_id: &'a str = "d.user_id",
         device_id: &'a str = "d.device_id",
         display_name: Option<&'a [u8]> = "d.display_name",
@@ -175,7 +190,8 @@ read! {
     /// access token's user, else the refresh token's). `successor_used` is whether the access
     /// token of the refresh token that replaced this one has been used.
     Token reads "access_tokens"
-        from "access_tokens a FULL JOIN refresh_tokens r ON r.id = a.refresh_token_id" {
+        from "access_tokens a FULL JOIN refresh_tokens r ON r.id = a.refresh_token_id"
+        by "coalesce(a.user_id, r.user_id)" {
         user_id: &'a str = "coalesce(a.user_id, r.user_id)",
         id: Option<i64> = "a.id",
         device_id: Option<&'a str> = "a.device_id",

@@ -29,6 +29,8 @@ pub enum Kind {
 #[derive(Clone)]
 pub struct Ids {
     sip: SipHasher13,
+    /// Kept so a stage can record it: a staged migration must derive the ids its prestage did.
+    key: [u8; 16],
 }
 
 impl std::fmt::Debug for Ids {
@@ -62,10 +64,17 @@ impl Ids {
         Self::with_key(&key)
     }
 
-    fn with_key(key: &[u8; 16]) -> Self {
+    /// The ids of a run whose key is `key` (a stage's, see [`Ids::key`]).
+    pub fn with_key(key: &[u8; 16]) -> Self {
         Self {
             sip: SipHasher13::new_with_key(key),
+            key: *key,
         }
+    }
+
+    /// The key: recorded with a stage so the migration that applies it derives the same ids.
+    pub fn key(&self) -> [u8; 16] {
+        self.key
     }
 
     /// The ULID (as a `uuid`'s 128 bits) of `kind` for natural key `parts` at `time_ms`.

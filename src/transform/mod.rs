@@ -52,6 +52,9 @@ pub struct Ctx {
     /// Record notes while migrating too: `migrate` without `--allow-warnings` stops at the
     /// first batch that has one (see `pipeline`).
     pub refuse_warnings: bool,
+    /// Read only these Synapse users' rows (a SQL array literal of user ids): the users a
+    /// staged migration re-derives. `None` reads everyone.
+    pub only_users: Option<String>,
     sizes: SizeHints,
 }
 
@@ -100,6 +103,7 @@ impl Ctx {
             mode,
             report: false,
             refuse_warnings: false,
+            only_users: None,
             sizes: SizeHints::default(),
         }
     }

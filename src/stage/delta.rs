@@ -1,0 +1,453 @@
+//! A staged migration: the window's `migrate` when a stage exists. It finds the Synapse users
+//! whose rows changed since the stage's snapshot, derives their rows again with the normal
+//! transform, and in one transaction replaces their rows in the stage and swaps the stage in.
+//!
+//! A user is *changed* when any of their rows in the six tables has an xmin at or after the
+//! stage snapshot's xmin (inserted or updated since: a superset, never fewer), or when the
+//! number of their rows in a table differs from the stage's count (rows deleted), or when they
+//! exist on one side only. Every rule of the mapping looks at one user's rows only, and ids are
+//! a keyed hash of natural keys with the stage's key, so the rows of unchanged users in the
+//! stage are exactly what a full run would write for them, and the changed users' rows are
+//! derived as a full run would.
+//!
+//! Everything that changes the stage happens in the swap's transaction: a failure, a signal or
+//! a kill before its COMMIT leaves the stage exactly as the prestage left it, still usable.
+
+use std::cmp::Ordering as Cmp;
+use std::collections::BTreeMap;
+use std::io::{Read as _, Seek, SeekFrom, Write as _};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, Row, Transaction};
+
+use super::{SCHEMA, StageMeta};
+use crate::check::report::{EntityPlan, Plan};
+use crate::config::MasConfig;
+use crate::db::ConnectOptions;
+use crate::db::copy_binary::{TRAILER, header};
+use crate::migrate::summary::{Staged, Summary, summarise};
+use crate::migrate::{MigrateOptions, hex};
+use crate::pipeline::{self, Senders};
+use crate::progress::Progress;
+use crate::sink::catalog::Definitions;
+use crate::sink::shadow;
+use crate::sink::tables::Target;
+use crate::source::snapshot::{self, LockMode};
+use crate::source::{Entity, plan};
+use crate::transform::{Ctx, Ids, Mode, Stats};
+
+/// What a staged migration needs from `migrate::run`, which has locked and checked MAS.
+pub struct Run<'a> {
+    pub synapse_db: &'a ConnectOptions,
+    pub mas: &'a MasConfig,
+    pub opts: &'a MigrateOptions,
+    pub progress: &'a Progress,
+    pub defs: &'a Definitions,
+    pub started: Instant,
+    pub leftovers: Vec<String>,
+}
+
+impl Run<'_> {
+    /// Brings the stage up to date and swaps it in (rolled back with `--dry-run`).
+    pub async fn apply(self, mut main: Client) -> anyhow::Result<Summary> {
+        let meta = super::meta(&main)
+            .await?
+            .context("the stage vanished while the run started")?;
+        let readers = pipeline::open_readers(self.synapse_db).await?;
+        let lock = if self.opts.dry_run {
+            LockMode::AccessShare
+        } else {
+            LockMode::Exclusive
+        };
+        let snapshot_id = snapshot::open(&readers[0], lock).await?;
+        for client in &readers[1..] {
+            snapshot::join(client, &snapshot_id).await?;
+        }
+        let other = self.synapse_db.connect("Synapse").await?;
+        self.refuse_invalid(&meta, &readers[0], &other, &main)
+            .await?;
+        crate::test_hooks::pause("delta-detect").await;
+
+        let detect_start = Instant::now();
+        let changed = changed_users(&readers[0], &main, &meta).await?;
+        let detect_seconds = detect_start.elapsed().as_secs_f64();
+        tracing::debug!(
+            changed = changed.len(),
+            detect_seconds,
+            "changed users found"
+        );
+
+        let ctx = Arc::new(self.context(&meta, &changed)?);
+        let load_start = Instant::now();
+        let (stats, seconds, files) = if changed.is_empty() {
+            (Stats::default(), BTreeMap::new(), Vec::new())
+        } else {
+            derive(&readers, &ctx, changed.len() as u64, self.progress).await?
+        };
+        for client in &readers {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .context("closing the Synapse read transaction")?;
+        }
+        let load_seconds = load_start.elapsed().as_secs_f64();
+
+        let apply_start = Instant::now();
+        let localparts = localparts(&changed, &self.mas.homeserver);
+        let tx = main.transaction().await.context("starting the swap")?;
+        replace_rows(&tx, &localparts, files).await?;
+        let mas_rows = stage_rows(&tx).await?;
+        let apply_seconds = apply_start.elapsed().as_secs_f64();
+        crate::test_hooks::pause("delta-applied").await;
+        let swap_start = Instant::now();
+        let outgoing = self.defs.outgoing_keys();
+        shadow::swap_in(&tx, SCHEMA, &[], &outgoing).await?;
+        if self.opts.dry_run {
+            tx.rollback()
+                .await
+                .context("rolling back the dry-run swap")?;
+        } else {
+            tx.commit().await.context("committing the swap")?;
+            crate::test_hooks::pause("committed").await;
+        }
+        let swap_seconds = swap_start.elapsed().as_secs_f64();
+        let entities = summarise(&stats, &seconds)?;
+        Ok(Summary {
+            dry_run: self.opts.dry_run,
+            prestage: false,
+            staged: Some(Staged {
+                stage_taken_at: meta.taken_at,
+                changed_users: changed.len() as u64,
+                detect_seconds,
+                apply_seconds,
+            }),
+            plan_mismatches: Vec::new(),
+            entities,
+            mas_rows,
+            invalid_device_ips: stats.invalid_ips,
+            load_seconds,
+            rebuild_seconds: 0.0,
+            swap_seconds,
+            total_seconds: self.started.elapsed().as_secs_f64(),
+            leftovers_dropped: self.leftovers,
+        })
+    }
+
+    /// Refuses a stage built from other databases, schemas or configuration, or too old.
+    async fn refuse_invalid(
+        &self,
+        meta: &StageMeta,
+        snapshot: &Client,
+        other: &Client,
+        mas: &Client,
+    ) -> anyhow::Result<()> {
+        let facts = super::source_facts(snapshot, other).await?;
+        let why = super::invalid_because(
+            meta,
+            &facts,
+            super::mas_schema_version(mas).await?,
+            &super::mapping_digest(self.mas, self.opts.ignore_missing_auth_providers),
+            super::xmax_now(other).await?,
+        );
+        match why {
+            Some(why) => bail!("refusing the stage: {why}. Nothing was changed."),
+            None => Ok(()),
+        }
+    }
+
+    /// The transform's context: the stage's id key, this run's clock, the changed users only.
+    fn context(&self, meta: &StageMeta, changed: &[String]) -> anyhow::Result<Ctx> {
+        let mut ctx = crate::migrate::context(
+            self.mas,
+            None,
+            self.opts.ignore_missing_auth_providers,
+            Mode::Migrate,
+        )?;
+        ctx.ids = Ids::with_key(&parse_key(&meta.id_key)?);
+        ctx.refuse_warnings = !self.opts.allow_warnings;
+        ctx.only_users = Some(super::sql_text_array(changed.iter().map(String::as_str)));
+        Ok(ctx)
+    }
+}
+
+fn parse_key(hex_key: &str) -> anyhow::Result<[u8; 16]> {
+    let mut key = [0u8; 16];
+    if hex_key.len() != 32 {
+        bail!("the stage's id key is not what syn2mas writes");
+    }
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex_key[2 * i..2 * i + 2], 16)
+            .context("the stage's id key is not what syn2mas writes")?;
+    }
+    debug_assert_eq!(hex(&key), hex_key);
+    Ok(key)
+}
+
+/// One user's counts on one side of the merge.
+#[derive(Debug, PartialEq, Eq)]
+struct Counts {
+    user_id: String,
+    rows: [i64; 6],
+    changed: bool,
+}
+
+impl Counts {
+    fn from_row(row: &Row, with_flag: bool) -> Counts {
+        Counts {
+            user_id: row.get(0),
+            rows: std::array::from_fn(|i| row.get::<_, i64>(i + 1)),
+            changed: with_flag && row.get::<_, Option<bool>>(7).unwrap_or(false),
+        }
+    }
+}
+
+/// The users whose rows changed since the stage (see the module doc), sorted: a merge of
+/// Synapse's per-user counts and xmin flags now with the stage's counts, both streamed in the
+/// same byte order, so memory is the list of changed users whatever the number of users.
+pub(super) async fn changed_users(
+    synapse: &Client,
+    mas: &Client,
+    meta: &StageMeta,
+) -> anyhow::Result<Vec<String>> {
+    let xid = (meta.snapshot_xmin & 0xffff_ffff) as u32;
+    let now = synapse
+        .query_raw(&super::per_user_sql(Some(xid)), std::iter::empty::<i32>())
+        .await
+        .context("reading Synapse's per-user counts")?;
+    let staged = mas
+        .query_raw(
+            &format!(
+                "SELECT user_id COLLATE \"C\", users, threepids, external_ids, devices, access_tokens, \
+                 refresh_tokens FROM {SCHEMA}.{} ORDER BY 1",
+                super::USER_COUNTS
+            ),
+            std::iter::empty::<i32>(),
+        )
+        .await
+        .context("reading the stage's per-user counts")?;
+    futures::pin_mut!(now);
+    futures::pin_mut!(staged);
+    let mut a = next(&mut now, true).await?;
+    let mut b = next(&mut staged, false).await?;
+    let mut changed = Vec::new();
+    loop {
+        match (a.take(), b.take()) {
+            (None, None) => break,
+            (Some(x), None) => {
+                changed.push(x.user_id);
+                a = next(&mut now, true).await?;
+            }
+            (None, Some(y)) => {
+                changed.push(y.user_id);
+                b = next(&mut staged, false).await?;
+            }
+            (Some(x), Some(y)) => match x.user_id.as_bytes().cmp(y.user_id.as_bytes()) {
+                Cmp::Less => {
+                    changed.push(x.user_id);
+                    a = next(&mut now, true).await?;
+                    b = Some(y);
+                }
+                Cmp::Greater => {
+                    changed.push(y.user_id);
+                    a = Some(x);
+                    b = next(&mut staged, false).await?;
+                }
+                Cmp::Equal => {
+                    if x.changed || x.rows != y.rows {
+                        changed.push(x.user_id);
+                    }
+                    a = next(&mut now, true).await?;
+                    b = next(&mut staged, false).await?;
+                }
+            },
+        }
+    }
+    Ok(changed)
+}
+
+async fn next(
+    rows: &mut std::pin::Pin<&mut tokio_postgres::RowStream>,
+    with_flag: bool,
+) -> anyhow::Result<Option<Counts>> {
+    match rows.next().await {
+        None => Ok(None),
+        Some(row) => Ok(Some(Counts::from_row(
+            &row.context("reading per-user counts")?,
+            with_flag,
+        ))),
+    }
+}
+
+/// The MAS usernames of `users` on this server (users elsewhere have no MAS rows).
+fn localparts(users: &[String], server: &str) -> Vec<String> {
+    let suffix = format!(":{server}");
+    users
+        .iter()
+        .filter(|u| crate::transform::rules::on_server(u, &suffix))
+        .filter_map(|u| crate::transform::rules::localpart(u, &suffix).map(str::to_owned))
+        .collect()
+}
+
+type Derived = (Stats, BTreeMap<Entity, f64>, Vec<(Target, std::fs::File)>);
+
+/// Runs the changed users' rows through the normal pipeline; each MAS table's encoded rows go
+/// to an anonymous temporary file, to be copied into the stage in the swap's transaction (in
+/// dependency order: the stage's foreign keys are in force).
+async fn derive(
+    readers: &[Client],
+    ctx: &Arc<Ctx>,
+    users: u64,
+    progress: &Progress,
+) -> anyhow::Result<Derived> {
+    let mut writers = BTreeMap::new();
+    let mut sinks = Vec::new();
+    for t in Target::ALL {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
+        writers.insert(t, tx);
+        sinks.push((
+            t,
+            tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
+                let mut file = tempfile::tempfile().context("a temporary file for the delta")?;
+                while let Some(body) = rx.blocking_recv() {
+                    file.write_all(&body).context("writing the delta")?;
+                }
+                file.seek(SeekFrom::Start(0))?;
+                Ok(file)
+            }),
+        ));
+    }
+    let senders = Senders {
+        writers,
+        ..Senders::default()
+    };
+    let (stats, seconds) =
+        pipeline::run_all(readers, ctx, &estimate(users), progress, senders).await?;
+    let mut files = Vec::new();
+    for (t, sink) in sinks {
+        files.push((t, sink.await.context("delta writer panicked")??));
+    }
+    Ok((stats, seconds, files))
+}
+
+/// Sizes for the progress bars and the partitioning of a delta of `users` users.
+fn estimate(users: u64) -> Plan {
+    Plan {
+        entities: plan::ORDER
+            .iter()
+            .map(|e| EntityPlan {
+                entity: e.name().to_owned(),
+                read: users * if *e == Entity::Users { 1 } else { 4 },
+                ..Default::default()
+            })
+            .collect(),
+        mas_rows: BTreeMap::new(),
+    }
+}
+
+/// Deletes every row of the users `localparts` from the stage (children first: the stage's
+/// foreign keys are in force), then copies the re-derived rows in (parents first).
+async fn replace_rows(
+    tx: &Transaction<'_>,
+    localparts: &[String],
+    files: Vec<(Target, std::fs::File)>,
+) -> anyhow::Result<()> {
+    let ids = format!("SELECT user_id FROM {SCHEMA}.users WHERE username = ANY($1)");
+    let sessions =
+        format!("SELECT compat_session_id FROM {SCHEMA}.compat_sessions WHERE user_id IN ({ids})");
+    let deletes = [
+        format!(
+            "DELETE FROM {SCHEMA}.compat_refresh_tokens WHERE compat_session_id IN ({sessions})"
+        ),
+        format!(
+            "DELETE FROM {SCHEMA}.compat_access_tokens WHERE compat_session_id IN ({sessions})"
+        ),
+        format!("DELETE FROM {SCHEMA}.compat_sessions WHERE user_id IN ({ids})"),
+        format!("DELETE FROM {SCHEMA}.upstream_oauth_links WHERE user_id IN ({ids})"),
+        format!("DELETE FROM {SCHEMA}.user_unsupported_third_party_ids WHERE user_id IN ({ids})"),
+        format!("DELETE FROM {SCHEMA}.user_emails WHERE user_id IN ({ids})"),
+        format!("DELETE FROM {SCHEMA}.user_passwords WHERE user_id IN ({ids})"),
+        format!("DELETE FROM {SCHEMA}.users WHERE username = ANY($1)"),
+    ];
+    for sql in &deletes {
+        tx.execute(sql, &[&localparts])
+            .await
+            .map_err(crate::db::without_detail)
+            .context("deleting changed users' rows from the stage")?;
+    }
+    for (target, file) in files {
+        copy_file(tx, target, file).await?;
+    }
+    Ok(())
+}
+
+/// Binary COPY of one re-derived table's rows into the stage.
+async fn copy_file(
+    tx: &Transaction<'_>,
+    target: Target,
+    mut file: std::fs::File,
+) -> anyhow::Result<()> {
+    let what = || {
+        format!(
+            "writing the changed users' rows into the stage's `{}`",
+            target.name()
+        )
+    };
+    if file.metadata().with_context(what)?.len() == 0 {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in::<_, bytes::Bytes>(&format!(
+            "COPY {SCHEMA}.{} ({}) FROM STDIN (FORMAT binary)",
+            target.name(),
+            target.columns().join(", ")
+        ))
+        .await
+        .map_err(crate::db::without_detail)
+        .with_context(what)?;
+    futures::pin_mut!(sink);
+    sink.feed(bytes::Bytes::from(header()))
+        .await
+        .map_err(crate::db::without_detail)
+        .with_context(what)?;
+    // CopyData messages may split the stream anywhere; 1 MiB at a time keeps memory flat.
+    loop {
+        let mut chunk = vec![0u8; 1 << 20];
+        let n = file.read(&mut chunk).with_context(what)?;
+        if n == 0 {
+            break;
+        }
+        chunk.truncate(n);
+        sink.feed(bytes::Bytes::from(chunk))
+            .await
+            .map_err(crate::db::without_detail)
+            .with_context(what)?;
+    }
+    sink.feed(bytes::Bytes::from_static(TRAILER))
+        .await
+        .map_err(crate::db::without_detail)
+        .with_context(what)?;
+    sink.as_mut()
+        .finish()
+        .await
+        .map_err(crate::db::without_detail)
+        .with_context(what)?;
+    Ok(())
+}
+
+/// Rows per MAS table in the stage as it will be swapped in.
+async fn stage_rows(tx: &Transaction<'_>) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for t in Target::ALL {
+        let n: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM {SCHEMA}.{}", t.name()), &[])
+            .await
+            .with_context(|| format!("counting the stage's `{}`", t.name()))?
+            .get(0);
+        out.insert(t.name().to_owned(), n as u64);
+    }
+    Ok(out)
+}

@@ -1,0 +1,614 @@
+//! The stage: a complete, indexed copy of what `migrate` would write, built by `syn2mas
+//! prestage` while Synapse runs, kept in a schema of syn2mas's own in the MAS database
+//! (`syn2mas_stage`), and swapped in by a later `migrate` after it has re-derived only the users
+//! whose rows changed since the stage's snapshot (`delta`).
+//!
+//! A stage appears atomically: `prestage` builds it as an ordinary run's shadow schema and, in
+//! one transaction at the end, gives the indexes their real names, records what it was built
+//! from ([`StageMeta`]) and renames the schema. A killed prestage therefore leaves the previous
+//! stage (or none) and a shadow schema the next run drops; never a half-built stage.
+//!
+//! Besides the eight MAS tables the stage keeps, per Synapse user, how many rows each of the
+//! six Synapse tables had for them in the snapshot (`user_counts`). With the snapshot's xmin
+//! that finds every user whose rows changed: a row inserted or updated since has a newer xmin,
+//! and a user who only lost rows has a smaller count (see `delta`).
+
+pub mod delta;
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{Client, Transaction};
+
+use crate::config::MasConfig;
+use crate::sink::shadow::{self, Rename};
+use crate::sink::tables::Target;
+
+/// The stage's schema in the MAS database.
+pub const SCHEMA: &str = "syn2mas_stage";
+
+/// The comment that marks [`SCHEMA`] as a stage syn2mas built: a schema of that name without
+/// it is not ours, and syn2mas refuses to touch it.
+const MARK: &str =
+    "syn2mas: staged migration built by `syn2mas prestage`; `syn2mas stage drop` removes it";
+
+/// The per-user row counts of the six Synapse tables (see the module doc).
+pub const USER_COUNTS: &str = "user_counts";
+
+/// A stage older than this many transactions is refused: its xmin could no longer be compared
+/// with rows' xmins safely (32-bit transaction ids wrap around after 2^31).
+pub const MAX_AGE_XIDS: i64 = 1_000_000_000;
+
+/// What a stage was built from. A staged migration refuses a stage whose facts differ from
+/// the databases and configuration it runs with: the stage would not be what a full run makes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageMeta {
+    /// When the snapshot was taken (the Synapse server's clock, RFC 3339).
+    pub taken_at: String,
+    /// The snapshot's xmin (64-bit, `xid8`): every row version with an xmin at or after it may
+    /// be newer than the stage.
+    pub snapshot_xmin: i64,
+    /// Synapse's server (`pg_control_system()`; `None` where the role may not read it).
+    pub system_identifier: Option<String>,
+    pub database_oid: i64,
+    pub database_name: String,
+    pub synapse_schema_version: Option<i32>,
+    pub mas_schema_version: Option<i64>,
+    /// A digest of the MAS configuration the mapping depends on (server name, providers and
+    /// their `synapse_idp_id`, `--ignore-missing-auth-providers`).
+    pub mapping: String,
+    /// The id key, hex: the staged migration derives the same ids as the prestage.
+    pub id_key: String,
+    /// The prestage's "now" (Unix ms), for rows whose source has no time.
+    pub now_ms: i64,
+}
+
+/// The Synapse side of [`StageMeta`], read in the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFacts {
+    pub taken_at: String,
+    pub snapshot_xmin: i64,
+    pub system_identifier: Option<String>,
+    pub database_oid: i64,
+    pub database_name: String,
+    pub synapse_schema_version: Option<i32>,
+}
+
+/// Reads the snapshot's facts on `snapshot` (a session in the snapshot's transaction) and the
+/// server's identity on `other` (a session outside it: `pg_control_system()` may be refused, and
+/// an error must not abort the snapshot's transaction).
+pub async fn source_facts(snapshot: &Client, other: &Client) -> anyhow::Result<SourceFacts> {
+    let row = snapshot
+        .query_one(
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    pg_snapshot_xmin(pg_current_snapshot())::text::int8,
+                    (SELECT oid FROM pg_database WHERE datname = current_database())::int8,
+                    current_database()::text,
+                    (SELECT max(version)::int4 FROM schema_version)",
+            &[],
+        )
+        .await
+        .context("reading the Synapse snapshot's xmin")?;
+    let system_identifier = other
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .ok()
+        .map(|r| r.get(0));
+    Ok(SourceFacts {
+        taken_at: row.get(0),
+        snapshot_xmin: row.get(1),
+        database_oid: row.get(2),
+        database_name: row.get(3),
+        synapse_schema_version: row.get(4),
+        system_identifier,
+    })
+}
+
+/// The MAS schema version (`_sqlx_migrations`).
+pub async fn mas_schema_version(client: &Client) -> anyhow::Result<Option<i64>> {
+    Ok(client
+        .query_one("SELECT max(version) FROM _sqlx_migrations", &[])
+        .await
+        .context("reading MAS's schema version")?
+        .get(0))
+}
+
+/// The digest of what the mapping takes from MAS's configuration.
+pub fn mapping_digest(mas: &MasConfig, ignore_missing_auth_providers: bool) -> String {
+    let mut providers: Vec<(String, String)> = mas
+        .providers
+        .iter()
+        .filter_map(|p| {
+            p.synapse_idp_id
+                .clone()
+                .map(|s| (s, format!("{:032x}", p.id.0)))
+        })
+        .collect();
+    providers.sort();
+    let mut h = blake3::Hasher::new();
+    h.update(b"syn2mas stage mapping v1\0");
+    h.update(mas.homeserver.as_bytes());
+    h.update(&[0, u8::from(ignore_missing_auth_providers)]);
+    for (idp, id) in providers {
+        h.update(&(idp.len() as u64).to_le_bytes());
+        h.update(idp.as_bytes());
+        h.update(id.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The per-user counts of the six Synapse tables, sorted by user id in byte order (`COLLATE
+/// "C"`, which is also how Rust compares strings, so both sides of the delta's merge agree).
+/// With `changed_since` (a 32-bit xid), a last column says whether any of the user's rows has an
+/// xmin at or after it (`age` compares around the wraparound). User ids that are NULL belong to
+/// rows a migration refuses anyway, and are left out.
+pub fn per_user_sql(changed_since: Option<u32>) -> String {
+    const TABLES: [(&str, &str); 6] = [
+        ("users", "name"),
+        ("user_threepids", "user_id"),
+        ("user_external_ids", "user_id"),
+        ("devices", "user_id"),
+        ("access_tokens", "user_id"),
+        ("refresh_tokens", "user_id"),
+    ];
+    let changed = |xid: u32| format!(", age(xmin) <= age('{xid}'::xid) AS changed");
+    let parts: Vec<String> = TABLES
+        .iter()
+        .enumerate()
+        .map(|(i, (table, owner))| {
+            format!(
+                "SELECT {owner} AS user_id, {i} AS t{} FROM {table} WHERE {owner} IS NOT NULL",
+                changed_since.map(changed).unwrap_or_default()
+            )
+        })
+        .collect();
+    let counts: Vec<String> = (0..TABLES.len())
+        .map(|i| format!("count(*) FILTER (WHERE t = {i})::int8"))
+        .collect();
+    let flag = if changed_since.is_some() {
+        ", bool_or(changed)"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT user_id COLLATE \"C\", {}{flag} FROM ({}) rows GROUP BY 1 ORDER BY 1",
+        counts.join(", "),
+        parts.join(" UNION ALL ")
+    )
+}
+
+/// The table the prestage copies [`per_user_sql`]'s rows into (binary COPY straight through:
+/// the column types match).
+pub fn create_counts_sql(schema: &str) -> String {
+    format!(
+        "CREATE TABLE {schema}.{USER_COUNTS} (user_id text NOT NULL, users int8, threepids int8, \
+         external_ids int8, devices int8, access_tokens int8, refresh_tokens int8)"
+    )
+}
+
+/// Copies the snapshot's per-user counts ([`per_user_sql`]) from Synapse straight into a new
+/// `user_counts` table in this run's shadow schema: binary COPY out, binary COPY in, the bytes
+/// untouched. Returns the rows stored.
+pub async fn copy_counts(synapse: &Client, mas: &Client) -> anyhow::Result<u64> {
+    use futures::{SinkExt, StreamExt};
+    let what = "copying the per-user counts into the stage";
+    mas.batch_execute(&format!("BEGIN; {}", create_counts_sql(shadow::SCHEMA)))
+        .await
+        .context(what)?;
+    let source = synapse
+        .copy_out(&format!(
+            "COPY ({}) TO STDOUT (FORMAT binary)",
+            per_user_sql(None)
+        ))
+        .await
+        .map_err(crate::db::without_detail)
+        .context(what)?;
+    let sink = mas
+        .copy_in::<_, bytes::Bytes>(&format!(
+            "COPY {}.{USER_COUNTS} FROM STDIN (FORMAT binary, FREEZE)",
+            shadow::SCHEMA
+        ))
+        .await
+        .map_err(crate::db::without_detail)
+        .context(what)?;
+    futures::pin_mut!(source);
+    futures::pin_mut!(sink);
+    while let Some(chunk) = source.next().await {
+        let chunk = chunk.map_err(crate::db::without_detail).context(what)?;
+        sink.feed(chunk).await.context(what)?;
+    }
+    let rows = sink.as_mut().finish().await.context(what)?;
+    mas.batch_execute("COMMIT").await.context(what)?;
+    Ok(rows)
+}
+
+/// A SQL array literal of `items` (`ARRAY['a', 'b']::text[]`), for statements that take no
+/// parameters (COPY): every item is a standard string literal with its quotes doubled.
+pub fn sql_text_array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let quoted: Vec<String> = items
+        .into_iter()
+        .map(|s| format!("'{}'", s.replace('\'', "''")))
+        .collect();
+    format!("ARRAY[{}]::text[]", quoted.join(", "))
+}
+
+/// Turns this run's shadow schema into the stage, in one transaction: the indexes and
+/// constraints get their real names, the facts are recorded, a previous stage is dropped and
+/// the schema renamed. Before the COMMIT there is no new stage; after it, a complete one.
+pub async fn finish(
+    client: &mut Client,
+    renames: &[Rename],
+    meta: &StageMeta,
+) -> anyhow::Result<()> {
+    let tx = client.transaction().await.context("finishing the stage")?;
+    let from = shadow::SCHEMA;
+    for r in renames {
+        let sql = match r {
+            Rename::Constraint {
+                target,
+                from: f,
+                to,
+            } => format!(
+                "ALTER TABLE {from}.{} RENAME CONSTRAINT {f} TO {to}",
+                target.name()
+            ),
+            Rename::Index { from: f, to } => format!("ALTER INDEX {from}.{f} RENAME TO {to}"),
+        };
+        tx.batch_execute(&sql)
+            .await
+            .map_err(crate::db::without_detail)
+            .with_context(|| format!("finishing the stage: {sql}"))?;
+    }
+    tx.batch_execute(&format!(
+        "CREATE INDEX ON {from}.{USER_COUNTS} (user_id COLLATE \"C\");
+         CREATE TABLE {from}.meta (doc jsonb NOT NULL)"
+    ))
+    .await
+    .context("recording the stage's facts")?;
+    tx.execute(
+        &format!("INSERT INTO {from}.meta (doc) VALUES ($1::text::jsonb)"),
+        &[&serde_json::to_string(meta)?],
+    )
+    .await
+    .context("recording the stage's facts")?;
+    drop_in(&tx).await?;
+    crate::test_hooks::pause("stage-finish").await;
+    tx.batch_execute(&format!(
+        "ALTER SCHEMA {from} RENAME TO {SCHEMA}; COMMENT ON SCHEMA {SCHEMA} IS '{MARK}'"
+    ))
+    .await
+    .context("renaming the shadow schema to the stage")?;
+    tx.commit().await.context("committing the stage")?;
+    Ok(())
+}
+
+/// Whether a stage exists (and is ours: a schema of that name without syn2mas's mark is
+/// refused).
+pub async fn exists(client: &Client) -> anyhow::Result<bool> {
+    let row = client
+        .query_opt(
+            "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1",
+            &[&SCHEMA],
+        )
+        .await
+        .context("looking for a stage")?;
+    match row {
+        None => Ok(false),
+        Some(r) if r.get::<_, Option<String>>(0).as_deref() == Some(MARK) => Ok(true),
+        Some(_) => bail!(
+            "the MAS database has a schema `{SCHEMA}` that syn2mas did not create; syn2mas needs that name for its stage. Rename or drop it"
+        ),
+    }
+}
+
+/// The stage's recorded facts (`None` without a stage).
+pub async fn meta(client: &Client) -> anyhow::Result<Option<StageMeta>> {
+    if !exists(client).await? {
+        return Ok(None);
+    }
+    let doc: String = client
+        .query_one(&format!("SELECT doc::text FROM {SCHEMA}.meta"), &[])
+        .await
+        .context("reading the stage's facts")?
+        .get(0);
+    Ok(Some(serde_json::from_str(&doc).context(
+        "the stage's facts are not what syn2mas writes",
+    )?))
+}
+
+/// Drops the stage in `tx` (nothing when there is none).
+async fn drop_in(tx: &Transaction<'_>) -> anyhow::Result<()> {
+    let ours: Option<Option<String>> = tx
+        .query_opt(
+            "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1",
+            &[&SCHEMA],
+        )
+        .await
+        .context("looking for a stage")?
+        .map(|r| r.get(0));
+    match ours {
+        None => Ok(()),
+        Some(Some(m)) if m == MARK => tx
+            .batch_execute(&format!("DROP SCHEMA {SCHEMA} CASCADE"))
+            .await
+            .context("dropping the previous stage"),
+        Some(_) => bail!(
+            "the MAS database has a schema `{SCHEMA}` that syn2mas did not create; syn2mas needs that name for its stage. Rename or drop it"
+        ),
+    }
+}
+
+/// `syn2mas stage drop`: removes the stage; whether there was one.
+pub async fn drop(client: &mut Client) -> anyhow::Result<bool> {
+    let tx = client.transaction().await?;
+    let had = tx
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&SCHEMA])
+        .await?
+        .is_some();
+    drop_in(&tx).await?;
+    tx.commit().await.context("dropping the stage")?;
+    Ok(had)
+}
+
+/// Rows per MAS table in the stage.
+pub async fn rows(client: &Client) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    for t in Target::ALL {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {SCHEMA}.{}", t.name()), &[])
+            .await
+            .with_context(|| format!("counting the stage's `{}`", t.name()))?
+            .get(0);
+        out.push((t.name().to_owned(), n));
+    }
+    Ok(out)
+}
+
+/// Why a stage cannot be applied to these databases with this configuration (`None` when it
+/// can). Each reason says what to do.
+pub fn invalid_because(
+    stage: &StageMeta,
+    now: &SourceFacts,
+    mas_schema_version: Option<i64>,
+    mapping: &str,
+    xmax_now: i64,
+) -> Option<String> {
+    let redo = "run `syn2mas prestage` again, or `syn2mas migrate --no-stage`";
+    if let (Some(a), Some(b)) = (&stage.system_identifier, &now.system_identifier)
+        && a != b
+    {
+        return Some(format!(
+            "the stage was built from another PostgreSQL server (system identifier {a}, now {b}); {redo}"
+        ));
+    }
+    if stage.database_oid != now.database_oid || stage.database_name != now.database_name {
+        return Some(format!(
+            "the stage was built from Synapse database `{}` (oid {}), not `{}` (oid {}); {redo}",
+            stage.database_name, stage.database_oid, now.database_name, now.database_oid
+        ));
+    }
+    if stage.synapse_schema_version != now.synapse_schema_version {
+        return Some(format!(
+            "Synapse's schema changed since the stage (version {:?}, now {:?}); {redo}",
+            stage.synapse_schema_version, now.synapse_schema_version
+        ));
+    }
+    if stage.mas_schema_version != mas_schema_version {
+        return Some(format!(
+            "MAS's schema changed since the stage (version {:?}, now {:?}); {redo}",
+            stage.mas_schema_version, mas_schema_version
+        ));
+    }
+    if stage.mapping != mapping {
+        return Some(format!(
+            "the MAS configuration the mapping uses (server name, upstream providers, --ignore-missing-auth-providers) changed since the stage; {redo}"
+        ));
+    }
+    let age = xmax_now - stage.snapshot_xmin;
+    if age > MAX_AGE_XIDS {
+        return Some(format!(
+            "the stage is {age} transactions old, too old to find what changed since it safely (at most {MAX_AGE_XIDS}); {redo}"
+        ));
+    }
+    None
+}
+
+/// The current transaction counter of `client`'s server (64-bit), without taking an xid.
+pub async fn xmax_now(client: &Client) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+            &[],
+        )
+        .await
+        .context("reading Synapse's transaction counter")?
+        .get(0))
+}
+
+/// What `syn2mas stage status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub exists: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taken_at: Option<String>,
+    /// Transactions Synapse's server has run since the stage's snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_xids: Option<i64>,
+    pub rows: BTreeMap<String, i64>,
+    /// Whether `migrate` would apply it; when not, why and what to do.
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid_because: Option<String>,
+    /// Synapse users whose rows changed since the stage: the ones `migrate` would derive again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_users: Option<u64>,
+}
+
+impl Status {
+    pub fn render_human(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        if !self.exists {
+            return writeln!(out, "There is no stage. `syn2mas prestage` builds one.");
+        }
+        writeln!(
+            out,
+            "Stage taken at {} ({} transactions ago on Synapse's server).",
+            self.taken_at.as_deref().unwrap_or("?"),
+            self.age_xids.unwrap_or(0)
+        )?;
+        for (t, n) in &self.rows {
+            writeln!(out, "  {t:<34} {n:>10}")?;
+        }
+        match (&self.invalid_because, self.changed_users) {
+            (Some(why), _) => writeln!(out, "Not usable: {why}."),
+            (None, Some(n)) => writeln!(
+                out,
+                "Usable: `syn2mas migrate` would derive {n} changed Synapse user(s) again and swap the stage in."
+            ),
+            (None, None) => writeln!(out, "Usable."),
+        }
+    }
+}
+
+/// The stage's status against the databases and configuration given.
+pub async fn status(
+    synapse: &Client,
+    mas: &Client,
+    config: &MasConfig,
+    ignore_missing_auth_providers: bool,
+) -> anyhow::Result<Status> {
+    let Some(meta) = meta(mas).await? else {
+        return Ok(Status {
+            exists: false,
+            taken_at: None,
+            age_xids: None,
+            rows: BTreeMap::new(),
+            valid: false,
+            invalid_because: None,
+            changed_users: None,
+        });
+    };
+    let facts = source_facts(synapse, synapse).await?;
+    let xmax = xmax_now(synapse).await?;
+    let why = invalid_because(
+        &meta,
+        &facts,
+        mas_schema_version(mas).await?,
+        &mapping_digest(config, ignore_missing_auth_providers),
+        xmax,
+    );
+    let changed_users = match why {
+        None => Some(delta::changed_users(synapse, mas, &meta).await?.len() as u64),
+        Some(_) => None,
+    };
+    Ok(Status {
+        exists: true,
+        taken_at: Some(meta.taken_at.clone()),
+        age_xids: Some(xmax - meta.snapshot_xmin),
+        rows: rows(mas).await?.into_iter().collect(),
+        valid: why.is_none(),
+        invalid_because: why,
+        changed_users,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_literals_quote_every_item() {
+        assert_eq!(
+            sql_text_array(["@a:x", "@o'k:x"]),
+            "ARRAY['@a:x', '@o''k:x']::text[]"
+        );
+        assert_eq!(sql_text_array([]), "ARRAY[]::text[]");
+    }
+
+    #[test]
+    fn the_per_user_read_counts_six_tables_and_flags_changes_only_when_asked() {
+        let plain = per_user_sql(None);
+        assert_eq!(plain.matches("count(*) FILTER").count(), 6);
+        assert!(!plain.contains("xmin"));
+        let delta = per_user_sql(Some(4242));
+        assert!(delta.contains("age(xmin) <= age('4242'::xid)"));
+        assert!(delta.contains("bool_or(changed)"));
+        assert!(delta.ends_with("GROUP BY 1 ORDER BY 1"));
+    }
+
+    fn meta() -> StageMeta {
+        StageMeta {
+            taken_at: "2026-12-05T00:00:00Z".into(),
+            snapshot_xmin: 1000,
+            system_identifier: Some("7".into()),
+            database_oid: 5,
+            database_name: "synapse".into(),
+            synapse_schema_version: Some(92),
+            mas_schema_version: Some(20260720134722),
+            mapping: "m".into(),
+            id_key: "00".into(),
+            now_ms: 0,
+        }
+    }
+
+    fn facts() -> SourceFacts {
+        SourceFacts {
+            taken_at: "2026-12-06T00:00:00Z".into(),
+            snapshot_xmin: 2000,
+            system_identifier: Some("7".into()),
+            database_oid: 5,
+            database_name: "synapse".into(),
+            synapse_schema_version: Some(92),
+        }
+    }
+
+    #[test]
+    fn a_stage_is_refused_for_every_fact_that_changed() {
+        let m = meta();
+        let mas = Some(20260720134722);
+        assert_eq!(invalid_because(&m, &facts(), mas, "m", 3000), None);
+        let f = SourceFacts {
+            system_identifier: Some("8".into()),
+            ..facts()
+        };
+        assert!(
+            invalid_because(&m, &f, mas, "m", 3000)
+                .unwrap()
+                .contains("another PostgreSQL server")
+        );
+        let f = SourceFacts {
+            database_oid: 6,
+            ..facts()
+        };
+        assert!(
+            invalid_because(&m, &f, mas, "m", 3000)
+                .unwrap()
+                .contains("oid 6")
+        );
+        let f = SourceFacts {
+            synapse_schema_version: Some(93),
+            ..facts()
+        };
+        assert!(
+            invalid_because(&m, &f, mas, "m", 3000)
+                .unwrap()
+                .contains("Synapse's schema changed")
+        );
+        assert!(
+            invalid_because(&m, &facts(), Some(1), "m", 3000)
+                .unwrap()
+                .contains("MAS's schema changed")
+        );
+        assert!(
+            invalid_because(&m, &facts(), mas, "other", 3000)
+                .unwrap()
+                .contains("configuration")
+        );
+        let old = invalid_because(&m, &facts(), mas, "m", 1000 + MAX_AGE_XIDS + 1).unwrap();
+        assert!(old.contains("too old"), "{old}");
+        assert!(old.contains("--no-stage"), "{old}");
+    }
+}
