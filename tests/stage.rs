@@ -290,3 +290,259 @@ fn kill_at(env: &Env, args: &[&str], point: &str) {
     let status = child.wait().unwrap();
     panic!("never paused at {point} ({status}):\n{}", seen.join("\n"));
 }
+
+// ------------------------------------------------------------------------------------------------
+// Property: random churn, some of it while the prestage holds its snapshot
+// ------------------------------------------------------------------------------------------------
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+/// Synthetic users `@u1` … `@u{SYNTHETIC}` added to the fixture, each with a device `D<i>`, a
+/// token on it, and (every other one) an email.
+const SYNTHETIC: usize = 30;
+
+const BASE: &str = "
+INSERT INTO users (name, password_hash, creation_ts, admin, is_guest, appservice_id, deactivated, locked)
+SELECT '@u' || i || ':example.com', '$2b$12$NmLaz82c.IMiK3/8mYweqeRBRNhAFFbk468OEoRgFpayONpvnBOLK', 1600000000 + i, 0, 0, NULL, 0, false
+  FROM generate_series(1, 30) i;
+INSERT INTO devices (user_id, device_id, display_name, last_seen, ip, user_agent, hidden)
+SELECT '@u' || i || ':example.com', 'D' || i, 'device ' || i, 1700000000000 + i, '192.0.2.1', 'Element', false
+  FROM generate_series(1, 30) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+SELECT 1000 + i, '@u' || i || ':example.com', 'D' || i, 'syt_base_' || md5(i::text), NULL, NULL, 1700000000000 + i, NULL, true
+  FROM generate_series(1, 30) i;
+INSERT INTO user_threepids (user_id, medium, address, validated_at, added_at)
+SELECT '@u' || i || ':example.com', 'email', 'u' || i || '@example.com', 1600000000000 + i, 1600000000000 + i
+  FROM generate_series(2, 30, 2) i;
+";
+
+/// One change a homeserver sees; `k` makes new rows unique.
+#[derive(Debug, Clone)]
+enum Op {
+    Register(usize),
+    Password(usize),
+    Deactivate(usize),
+    ToggleLock(usize),
+    Login(usize, usize),
+    Logout(usize),
+    DeleteDevice(usize),
+    AddEmail(usize, usize),
+    RemoveEmails(usize),
+    AddLink(usize, usize),
+    RemoveLinks(usize),
+    RefreshableLogin(usize, usize),
+    UpgradeGuest,
+}
+
+impl Op {
+    fn sql(&self) -> String {
+        let u = |i: &usize| format!("'@u{i}:example.com'");
+        match self {
+            Op::Register(k) => format!(
+                "INSERT INTO users (name, password_hash, creation_ts, admin, is_guest, appservice_id, deactivated, locked)
+                      VALUES ('@n{k}:example.com', NULL, {}, 0, 0, NULL, 0, false);
+                 INSERT INTO devices (user_id, device_id, display_name, last_seen, ip, user_agent, hidden)
+                      VALUES ('@n{k}:example.com', 'N{k}', NULL, 1765000000000, '192.0.2.9', 'Element', false);
+                 INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+                      VALUES ({}, '@n{k}:example.com', 'N{k}', 'syt_new_{k}', NULL, NULL, 1765000000000, NULL, true);",
+                1765000000 + k,
+                20_000 + k
+            ),
+            Op::Password(i) => format!(
+                "UPDATE users SET password_hash = '$2b$12$uHpJji4QlBts50Jx9M08weSABDYVEgWRKaZa2hCjAbGLL0RTwn8Qq' WHERE name = {}",
+                u(i)
+            ),
+            Op::Deactivate(i) => format!("UPDATE users SET deactivated = 1 WHERE name = {}", u(i)),
+            Op::ToggleLock(i) => format!("UPDATE users SET locked = NOT locked WHERE name = {}", u(i)),
+            Op::Login(i, k) => format!(
+                "INSERT INTO devices (user_id, device_id, display_name, last_seen, ip, user_agent, hidden)
+                      VALUES ({u}, 'L{k}', 'login {k}', 1765000000000, '192.0.2.10', 'Element', false);
+                 INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+                      VALUES ({}, {u}, 'L{k}', 'syt_login_{k}', NULL, NULL, 1765000000000, NULL, true);",
+                30_000 + k,
+                u = u(i)
+            ),
+            Op::Logout(i) => format!(
+                "DELETE FROM access_tokens WHERE id = (SELECT min(id) FROM access_tokens WHERE user_id = {})",
+                u(i)
+            ),
+            Op::DeleteDevice(i) => format!(
+                "DELETE FROM devices WHERE user_id = {u} AND device_id = 'D{i}'",
+                u = u(i)
+            ),
+            Op::AddEmail(i, k) => format!(
+                "INSERT INTO user_threepids (user_id, medium, address, validated_at, added_at)
+                      VALUES ({}, 'email', 'x{k}@example.com', 1765000000000, 1765000000000)",
+                u(i)
+            ),
+            Op::RemoveEmails(i) => format!("DELETE FROM user_threepids WHERE user_id = {}", u(i)),
+            Op::AddLink(i, k) => format!(
+                "INSERT INTO user_external_ids (auth_provider, external_id, user_id) VALUES ('oidc-google', 'sub{k}', {})",
+                u(i)
+            ),
+            Op::RemoveLinks(i) => format!("DELETE FROM user_external_ids WHERE user_id = {}", u(i)),
+            Op::RefreshableLogin(i, k) => format!(
+                "INSERT INTO devices (user_id, device_id, display_name, last_seen, ip, user_agent, hidden)
+                      VALUES ({u}, 'R{k}', NULL, 1765000000000, '192.0.2.11', 'Element', false);
+                 INSERT INTO refresh_tokens (id, user_id, device_id, token, next_token_id, expiry_ts, ultimate_session_expiry_ts)
+                      VALUES ({rt}, {u}, 'R{k}', 'syr_login_{k}', NULL, NULL, NULL);
+                 INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+                      VALUES ({at}, {u}, 'R{k}', 'syt_refresh_{k}', 1765000900000, NULL, 1765000000000, {rt}, false);",
+                u = u(i),
+                rt = 40_000 + k,
+                at = 50_000 + k
+            ),
+            Op::UpgradeGuest => "UPDATE users SET is_guest = 0 WHERE name = '@1001:example.com'".into(),
+        }
+    }
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let i = 1..=SYNTHETIC;
+    prop_oneof![
+        Just(Op::Register(0)),
+        i.clone().prop_map(Op::Password),
+        i.clone().prop_map(Op::Deactivate),
+        i.clone().prop_map(Op::ToggleLock),
+        i.clone().prop_map(|i| Op::Login(i, 0)),
+        i.clone().prop_map(Op::Logout),
+        i.clone().prop_map(Op::DeleteDevice),
+        i.clone().prop_map(|i| Op::AddEmail(i, 0)),
+        i.clone().prop_map(Op::RemoveEmails),
+        i.clone().prop_map(|i| Op::AddLink(i, 0)),
+        i.clone().prop_map(Op::RemoveLinks),
+        i.prop_map(|i| Op::RefreshableLogin(i, 0)),
+        Just(Op::UpgradeGuest),
+    ]
+}
+
+/// Gives every op that creates rows its own `k`.
+fn numbered(ops: Vec<Op>, first: usize) -> Vec<Op> {
+    ops.into_iter()
+        .enumerate()
+        .map(|(n, op)| {
+            let k = first + n;
+            match op {
+                Op::Register(_) => Op::Register(k),
+                Op::Login(i, _) => Op::Login(i, k),
+                Op::AddEmail(i, _) => Op::AddEmail(i, k),
+                Op::AddLink(i, _) => Op::AddLink(i, k),
+                Op::RefreshableLogin(i, _) => Op::RefreshableLogin(i, k),
+                other => other,
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+struct ChurnCase {
+    /// Applied by another session while the prestage holds its snapshot.
+    during: Vec<Op>,
+    /// Applied after the prestage (and before the refresh, if any).
+    after: Vec<Op>,
+    /// A second prestage (a refresh) and more changes after it.
+    refresh: Option<Vec<Op>>,
+}
+
+fn churn_case() -> impl Strategy<Value = ChurnCase> {
+    (
+        prop::collection::vec(op(), 0..6),
+        prop::collection::vec(op(), 0..10),
+        prop::option::of(prop::collection::vec(op(), 0..6)),
+    )
+        .prop_map(|(during, after, refresh)| ChurnCase {
+            during: numbered(during, 0),
+            after: numbered(after, 100),
+            refresh: refresh.map(|r| numbered(r, 200)),
+        })
+}
+
+async fn apply(db: &TestDb, ops: &[Op]) {
+    for op in ops {
+        db.exec(&op.sql()).await;
+    }
+}
+
+/// Prestage, paused after reading users while `during` is applied by another session.
+async fn prestage_with_writer(env: &Env, during: &[Op]) -> Result<(), TestCaseError> {
+    let mut child = env
+        .syn2mas(&["prestage", "--allow-warnings", "--seed", "1"])
+        .env("SYN2MAS_TEST_NOW_MS", NOW_MS)
+        .env("SYN2MAS_TEST_PAUSE", "after-users")
+        .env("SYN2MAS_TEST_PAUSE_SECS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let paused = line.contains("paused at after-users");
+        seen.push(line);
+        if paused {
+            break;
+        }
+    }
+    apply(&env.synapse, during).await;
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    prop_assert_eq!(status.code(), Some(0), "{}", seen.join("\n"));
+    Ok(())
+}
+
+async fn churn_property(case: ChurnCase) -> Result<(), TestCaseError> {
+    let schema = Schema::Project;
+    let env = Env::of(TestDb::synapse(schema).await, TestDb::mas(schema).await);
+    env.synapse.exec(BASE).await;
+    prestage_with_writer(&env, &case.during).await?;
+    apply(&env.synapse, &case.after).await;
+    if let Some(more) = &case.refresh {
+        let out = run(&env, &["prestage", "--allow-warnings", "--seed", "1"]);
+        prop_assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        apply(&env.synapse, more).await;
+    }
+    let out = run(&env, &["migrate", "--allow-warnings", "--json"]);
+    prop_assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    prop_assert!(doc["migrate"]["staged"].is_object(), "not staged: {}", doc);
+
+    // The same final Synapse, migrated in full into another MAS database.
+    let full = TestDb::mas(schema).await;
+    let out = env
+        .syn2mas(&["migrate", "--allow-warnings", "--seed", "1"])
+        .env("SYN2MAS_TEST_NOW_MS", NOW_MS)
+        .arg("--mas-database-uri")
+        .arg(full.uri())
+        .output()
+        .unwrap();
+    prop_assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    prop_assert_eq!(dump(&env.mas).await, dump(&full).await);
+    let verify = run(&env, &["verify"]);
+    prop_assert_eq!(verify.status.code(), Some(0), "{}", stderr(&verify));
+    Ok(())
+}
+
+/// Random registrations, password changes, deactivations, locks, logins, logouts, deleted
+/// devices, emails and links added and removed, refreshable logins and a guest upgrade, some
+/// while the prestage holds its snapshot, some after, optionally with a refresh in between:
+/// the staged migration equals a full one and `verify` passes. `SYN2MAS_STAGE_CASES` sets the
+/// number of cases (default 8: ~5 s each).
+#[test]
+fn random_churn_staged_equals_full() {
+    let cases = std::env::var("SYN2MAS_STAGE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut runner = TestRunner::new(Config {
+        cases,
+        max_shrink_iters: 16,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    if let Err(e) = runner.run(&churn_case(), |case| rt.block_on(churn_property(case))) {
+        panic!("{e}");
+    }
+}
