@@ -59,6 +59,10 @@ struct Args {
     /// a row with the median: on a shared VM one run can be 1.5× another
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     repeat: u32,
+    /// After the usual phases: for each churn percentage, a `prestage`, that share of users
+    /// changed in Synapse, and the window's staged `migrate` (e.g. `--staged 0.1,1,10`)
+    #[arg(long, value_delimiter = ',')]
+    staged: Vec<f64>,
     /// Internal: generate this many users and print the report as JSON on stdout (the runner
     /// runs generation as its own child process so that it is measured like the others)
     #[arg(long, hide = true, value_name = "N")]
@@ -210,7 +214,82 @@ impl Bench {
             self.repeat_migrate(&real, &mut s);
         }
         self.floor(migrate.is_some(), dry_run.is_some(), &mut s);
+        for (i, pct) in self.args.staged.iter().enumerate() {
+            self.staged(*pct, i, &mut s);
+        }
         s
+    }
+
+    /// One staged row set: prestage, `pct` % of the users changed, the window's `migrate`.
+    fn staged(&self, pct: f64, salt: usize, s: &mut Section) {
+        let seed = self.args.seed.to_string();
+        self.setup_mas("recreate MAS database", s);
+        let prestage = ["prestage", "--allow-warnings", "--seed", seed.as_str()];
+        let name = format!("syn2mas prestage (before {pct}% churn)");
+        if self.child_phase(&name, &prestage, &[0], None, s).is_none() {
+            return;
+        }
+        let mut phase = Phase::new(format!("churn {pct}% of users in Synapse"));
+        let started = Instant::now();
+        let result = self.rt.block_on(self.churn(pct, salt));
+        phase.wall_secs = Some(started.elapsed().as_secs_f64());
+        match result {
+            Ok(rows) => {
+                phase.rows = Some(rows);
+                s.phases.push(phase);
+            }
+            Err(e) => return fail(s, phase, "error", &format!("{e:#}")),
+        }
+        let name = format!("syn2mas migrate: window after {pct}% churn");
+        let window = ["migrate", "--allow-warnings"];
+        if let Some(run) = self.child_phase(&name, &window, &[0], None, s) {
+            for (part, secs, rows) in report::staged_timings(&run.stdout) {
+                s.phases.push(Phase {
+                    name: format!("  window › {part}"),
+                    wall_secs: Some(secs),
+                    rows,
+                    ..Phase::default()
+                });
+            }
+        }
+    }
+
+    /// Changes about `pct` % of Synapse's users, a third each: a password change, a logout (all
+    /// their access tokens deleted), a login (a new device and token). Returns the rows changed.
+    async fn churn(&self, pct: f64, salt: usize) -> Result<u64> {
+        let client = self.server.connect(&self.args.db).await?;
+        let share = ((pct * 100.0) / 3.0).round().max(1.0) as i64;
+        let pick = |what: &str, column: &str| {
+            format!("abs(hashtext({column} || '{what}{salt}')) % 10000 < {share}")
+        };
+        let statements = [
+            format!(
+                "UPDATE users SET password_hash = '$2b$12$uHpJji4QlBts50Jx9M08weSABDYVEgWRKaZa2hCjAbGLL0RTwn8Qq' \
+                 WHERE name IS NOT NULL AND {}",
+                pick("password", "name")
+            ),
+            format!(
+                "DELETE FROM access_tokens WHERE user_id IS NOT NULL AND {}",
+                pick("logout", "user_id")
+            ),
+            format!(
+                "WITH s AS (SELECT name, (SELECT max(id) FROM access_tokens) + row_number() OVER () AS n FROM users \
+                             WHERE name IS NOT NULL AND appservice_id IS NULL AND deactivated = 0 AND {pick}), \
+                      d AS (INSERT INTO devices (user_id, device_id, display_name, last_seen, ip, user_agent, hidden) \
+                            SELECT name, 'CHURN_' || n, 'new', 1790000000000, '192.0.2.1', 'Element', false FROM s) \
+                 INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used) \
+                 SELECT n, name, 'CHURN_' || n, 'syt_churn_' || n, NULL, NULL, 1790000000000, NULL, true FROM s",
+                pick = pick("login", "name")
+            ),
+        ];
+        let mut rows = 0;
+        for sql in statements {
+            rows += client
+                .execute(&sql, &[])
+                .await
+                .with_context(|| format!("churn: {sql}"))?;
+        }
+        Ok(rows)
     }
 
     /// Generates the Synapse rows in a child process (or counts them, with `--skip-generate`);

@@ -85,6 +85,35 @@ impl Section {
 /// Stage timings found in a `--json` document: objects naming an entity/stage with a duration
 /// (`seconds`, `*_ms`) and maybe a row count, and `<stage>_seconds` / `<stage>_ms` fields.
 /// The `check` part is skipped. Absent or unparsable → empty.
+/// The parts of a staged `migrate --json` window: finding the changed users (their count as
+/// rows), deriving their rows again, applying them to the stage, the swap.
+pub fn staged_timings(json: &str) -> Vec<(String, f64, Option<u64>)> {
+    let Ok(value) = serde_json::from_str::<Value>(json.trim()) else {
+        return Vec::new();
+    };
+    let m = &value["migrate"];
+    let staged = &m["staged"];
+    let secs = |v: &Value| v.as_f64().unwrap_or(0.0);
+    vec![
+        (
+            "find changed users (xmin scan, per-user counts, merge)".to_owned(),
+            secs(&staged["detect_seconds"]),
+            staged["changed_users"].as_u64(),
+        ),
+        (
+            "derive their rows again".to_owned(),
+            secs(&m["load_seconds"]),
+            None,
+        ),
+        (
+            "replace their rows in the stage".to_owned(),
+            secs(&staged["apply_seconds"]),
+            None,
+        ),
+        ("swap".to_owned(), secs(&m["swap_seconds"]), None),
+    ]
+}
+
 pub fn stage_timings(json: &str) -> Vec<(String, f64, Option<u64>)> {
     let Ok(value) = serde_json::from_str::<Value>(json.trim()) else {
         return Vec::new();

@@ -179,6 +179,7 @@ pub async fn run(
         let meta = crate::stage::StageMeta {
             taken_at: facts.taken_at,
             snapshot_xmin: facts.snapshot_xmin,
+            snapshot: facts.snapshot,
             system_identifier: facts.system_identifier,
             database_oid: facts.database_oid,
             database_name: facts.database_name,

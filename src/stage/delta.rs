@@ -213,9 +213,12 @@ pub(super) async fn changed_users(
     mas: &Client,
     meta: &StageMeta,
 ) -> anyhow::Result<Vec<String>> {
-    let xid = (meta.snapshot_xmin & 0xffff_ffff) as u32;
+    let snapshot = super::Snapshot::parse(&meta.snapshot)?;
     let now = synapse
-        .query_raw(&super::per_user_sql(Some(xid)), std::iter::empty::<i32>())
+        .query_raw(
+            &super::per_user_sql(Some(&snapshot)),
+            std::iter::empty::<i32>(),
+        )
         .await
         .context("reading Synapse's per-user counts")?;
     let staged = mas

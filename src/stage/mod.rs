@@ -46,9 +46,11 @@ pub const MAX_AGE_XIDS: i64 = 1_000_000_000;
 pub struct StageMeta {
     /// When the snapshot was taken (the Synapse server's clock, RFC 3339).
     pub taken_at: String,
-    /// The snapshot's xmin (64-bit, `xid8`): every row version with an xmin at or after it may
-    /// be newer than the stage.
+    /// The snapshot's xmin (64-bit, `xid8`): how old the stage is, in transactions.
     pub snapshot_xmin: i64,
+    /// The snapshot itself (`pg_current_snapshot()` as text, `xmin:xmax:xip,…`): a row version
+    /// is newer than the stage when its xmin was not yet visible to it.
+    pub snapshot: String,
     /// Synapse's server (`pg_control_system()`; `None` where the role may not read it).
     pub system_identifier: Option<String>,
     pub database_oid: i64,
@@ -69,6 +71,7 @@ pub struct StageMeta {
 pub struct SourceFacts {
     pub taken_at: String,
     pub snapshot_xmin: i64,
+    pub snapshot: String,
     pub system_identifier: Option<String>,
     pub database_oid: i64,
     pub database_name: String,
@@ -85,7 +88,8 @@ pub async fn source_facts(snapshot: &Client, other: &Client) -> anyhow::Result<S
                     pg_snapshot_xmin(pg_current_snapshot())::text::int8,
                     (SELECT oid FROM pg_database WHERE datname = current_database())::int8,
                     current_database()::text,
-                    (SELECT max(version)::int4 FROM schema_version)",
+                    (SELECT max(version)::int4 FROM schema_version),
+                    pg_current_snapshot()::text",
             &[],
         )
         .await
@@ -101,6 +105,7 @@ pub async fn source_facts(snapshot: &Client, other: &Client) -> anyhow::Result<S
     Ok(SourceFacts {
         taken_at: row.get(0),
         snapshot_xmin: row.get(1),
+        snapshot: row.get(5),
         database_oid: row.get(2),
         database_name: row.get(3),
         synapse_schema_version: row.get(4),
@@ -141,12 +146,56 @@ pub fn mapping_digest(mas: &MasConfig, ignore_missing_auth_providers: bool) -> S
     h.finalize().to_hex().to_string()
 }
 
+/// What a stage's snapshot saw, as 32-bit transaction ids (what a row's `xmin` holds): every
+/// transaction before `xmax` except those in `in_progress` had ended when it was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub xmax: u32,
+    pub in_progress: Vec<u32>,
+}
+
+impl Snapshot {
+    /// Parses `pg_current_snapshot()`'s text form, `xmin:xmax:xip,xip,…` (64-bit ids).
+    pub fn parse(text: &str) -> anyhow::Result<Snapshot> {
+        let bad = || anyhow::anyhow!("the stage's snapshot `{text}` is not what PostgreSQL writes");
+        let mut parts = text.split(':');
+        let (_xmin, xmax, xip) = (
+            parts.next().ok_or_else(bad)?,
+            parts.next().ok_or_else(bad)?,
+            parts.next().ok_or_else(bad)?,
+        );
+        let low = |s: &str| s.parse::<u64>().map(|x| (x & 0xffff_ffff) as u32);
+        Ok(Snapshot {
+            xmax: low(xmax).map_err(|_| bad())?,
+            in_progress: xip
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(low)
+                .collect::<Result<_, _>>()
+                .map_err(|_| bad())?,
+        })
+    }
+
+    /// SQL that is true for a row version the snapshot could not see: created by a
+    /// transaction that started after it (`age` compares around the 32-bit wraparound) or was
+    /// still running when it was taken. Rows of transactions that had ended are either visible
+    /// to it (unchanged) or were rolled back (invisible now too).
+    fn newer_sql(&self) -> String {
+        let mut sql = format!("age(xmin) <= age('{}'::xid)", self.xmax);
+        if !self.in_progress.is_empty() {
+            let ids: Vec<String> = self.in_progress.iter().map(|x| format!("'{x}'")).collect();
+            sql = format!("({sql} OR xmin = ANY(ARRAY[{}]::xid[]))", ids.join(", "));
+        }
+        sql
+    }
+}
+
 /// The per-user counts of the six Synapse tables, sorted by user id in byte order (`COLLATE
 /// "C"`, which is also how Rust compares strings, so both sides of the delta's merge agree).
-/// With `changed_since` (a 32-bit xid), a last column says whether any of the user's rows has an
-/// xmin at or after it (`age` compares around the wraparound). User ids that are NULL belong to
-/// rows a migration refuses anyway, and are left out.
-pub fn per_user_sql(changed_since: Option<u32>) -> String {
+/// With `changed_since`, a last column says whether any of the user's rows is newer than that
+/// snapshot. User ids that are NULL belong to rows a migration refuses anyway, and are left
+/// out.
+pub fn per_user_sql(changed_since: Option<&Snapshot>) -> String {
     const TABLES: [(&str, &str); 6] = [
         ("users", "name"),
         ("user_threepids", "user_id"),
@@ -155,7 +204,7 @@ pub fn per_user_sql(changed_since: Option<u32>) -> String {
         ("access_tokens", "user_id"),
         ("refresh_tokens", "user_id"),
     ];
-    let changed = |xid: u32| format!(", age(xmin) <= age('{xid}'::xid) AS changed");
+    let changed = |s: &Snapshot| format!(", {} AS changed", s.newer_sql());
     let parts: Vec<String> = TABLES
         .iter()
         .enumerate()
@@ -533,8 +582,24 @@ mod tests {
         let plain = per_user_sql(None);
         assert_eq!(plain.matches("count(*) FILTER").count(), 6);
         assert!(!plain.contains("xmin"));
-        let delta = per_user_sql(Some(4242));
-        assert!(delta.contains("age(xmin) <= age('4242'::xid)"));
+        let snapshot = Snapshot::parse("4294967300:4294967302:4294967300,4294967301").unwrap();
+        assert_eq!(
+            snapshot,
+            Snapshot {
+                xmax: 6,
+                in_progress: vec![4, 5]
+            }
+        );
+        let delta = per_user_sql(Some(&snapshot));
+        assert!(
+            delta.contains("(age(xmin) <= age('6'::xid) OR xmin = ANY(ARRAY['4', '5']::xid[]))"),
+            "{delta}"
+        );
+        assert!(Snapshot::parse("1:2").is_err());
+        assert_eq!(
+            Snapshot::parse("7:9:").unwrap().in_progress,
+            Vec::<u32>::new()
+        );
         assert!(delta.contains("bool_or(changed)"));
         assert!(delta.ends_with("GROUP BY 1 ORDER BY 1"));
     }
@@ -543,6 +608,7 @@ mod tests {
         StageMeta {
             taken_at: "2026-12-05T00:00:00Z".into(),
             snapshot_xmin: 1000,
+            snapshot: "1000:1000:".into(),
             system_identifier: Some("7".into()),
             database_oid: 5,
             database_name: "synapse".into(),
@@ -558,6 +624,7 @@ mod tests {
         SourceFacts {
             taken_at: "2026-12-06T00:00:00Z".into(),
             snapshot_xmin: 2000,
+            snapshot: "2000:2000:".into(),
             system_identifier: Some("7".into()),
             database_oid: 5,
             database_name: "synapse".into(),
