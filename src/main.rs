@@ -288,9 +288,14 @@ async fn stage_command(g: &GlobalArgs, l: &Loaded, action: StageAction) -> anyho
         }
         StageAction::Status => {
             let synapse = l.synapse_db.connect("Synapse").await?;
-            let status =
-                syn2mas::stage::status(&synapse, &mas, &l.mas, g.ignore_missing_auth_providers)
-                    .await?;
+            let status = syn2mas::stage::status(
+                &synapse,
+                &mas,
+                &l.mas,
+                g.ignore_missing_auth_providers,
+                true,
+            )
+            .await?;
             if g.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

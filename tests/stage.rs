@@ -160,6 +160,10 @@ async fn a_stage_without_changes_is_swapped_in_as_it_is() {
     ));
     let env = Env::of(TestDb::synapse(schema).await, TestDb::mas(schema).await);
     ok(&run(&env, &["prestage", "--allow-warnings", "--seed", "1"]));
+    let check = run(&env, &["check", "--json"]);
+    let check: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(check["stage"]["valid"], true, "{}", check["stage"]);
+    assert_eq!(check["stage"]["rows"]["users"], 10, "{}", check["stage"]);
     let status = ok(&run(&env, &["stage", "status", "--json"]));
     assert_eq!(status["valid"], true, "{status}");
     assert_eq!(status["changed_users"], 0, "{status}");
@@ -231,6 +235,21 @@ async fn a_stage_of_another_synapse_database_is_refused() {
         stderr(&out)
     );
     assert_eq!(env.mas.fingerprint(&[]).await, before);
+    let check = env
+        .syn2mas(&["check", "--json"])
+        .arg("--synapse-database-uri")
+        .arg(other.uri())
+        .output()
+        .unwrap();
+    let check: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(check["stage"]["valid"], false, "{}", check["stage"]);
+    assert!(
+        check["stage"]["invalid_because"]
+            .as_str()
+            .is_some_and(|w| w.contains("built from Synapse database")),
+        "{}",
+        check["stage"]
+    );
 }
 
 /// Killed anywhere, a prestage leaves no stage (or the previous one), and a staged migrate

@@ -132,6 +132,7 @@ async fn inspect(
     };
     report.findings.extend(mas_facts.findings);
     report.findings.extend(schema_findings);
+    report.stage = stage(inputs, synapse, mas).await?;
     let Some((facts, counted)) = syn_facts else {
         return Ok(report);
     };
@@ -160,6 +161,27 @@ async fn inspect(
         report.plan = Some(crate::source::plan::from_counts(&counted));
     }
     Ok(report)
+}
+
+/// The stage, when MAS has one: how old, how big, and whether `migrate` can apply it here (the
+/// changed users are not counted: that reads Synapse's six tables, `stage status` does it).
+async fn stage(
+    inputs: &CheckInputs<'_>,
+    synapse: &Client,
+    mas: &Client,
+) -> Result<Option<crate::stage::Status>> {
+    if !crate::stage::exists(mas).await? {
+        return Ok(None);
+    }
+    let status = crate::stage::status(
+        synapse,
+        mas,
+        inputs.mas,
+        inputs.ignore_missing_auth_providers,
+        false,
+    )
+    .await?;
+    Ok(Some(status))
 }
 
 /// One consistent snapshot per side; PostgreSQL rejects writes in it, so `check` cannot change

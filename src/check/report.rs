@@ -199,6 +199,8 @@ pub struct Report {
     pub findings: Vec<Finding>,
     pub plan: Option<Plan>,
     pub providers: Vec<ProviderMapping>,
+    /// The stage `syn2mas prestage` built, when there is one: whether `migrate` can use it.
+    pub stage: Option<crate::stage::Status>,
 }
 
 impl Report {
@@ -241,6 +243,7 @@ impl Report {
             "warnings": warnings,
             "providers": self.providers,
             "plan": self.plan,
+            "stage": self.stage,
             "scope": self.scope,
             "exit_code": self.exit_code(),
         })
@@ -263,7 +266,16 @@ impl Report {
         )?;
         self.render_providers(out)?;
         self.render_plan(out)?;
+        self.render_stage(out)?;
         self.render_verdict(out)
+    }
+
+    fn render_stage(&self, out: &mut impl Write) -> io::Result<()> {
+        let Some(stage) = &self.stage else {
+            return Ok(());
+        };
+        section_header(out, "Stage (syn2mas prestage)")?;
+        stage.render_human(out)
     }
 
     fn render_databases(&self, out: &mut impl Write) -> io::Result<()> {

@@ -390,10 +390,9 @@ async fn start_counts(
 ) -> anyhow::Result<JoinHandle<anyhow::Result<crate::stage::SourceFacts>>> {
     let reader = synapse_db.connect("Synapse").await?;
     snapshot::join(&reader, snapshot_id).await?;
-    let other = synapse_db.connect("Synapse").await?;
     let mas = open_sessions(mas_db, 1, sessions).await?.remove(0);
     Ok(tokio::spawn(async move {
-        let facts = crate::stage::source_facts(&reader, &other).await?;
+        let facts = crate::stage::source_facts(&reader).await?;
         crate::stage::copy_counts(&reader, &mas).await?;
         reader
             .batch_execute("COMMIT")

@@ -67,9 +67,7 @@ impl Run<'_> {
         for client in &readers[1..] {
             snapshot::join(client, &snapshot_id).await?;
         }
-        let other = self.synapse_db.connect("Synapse").await?;
-        self.refuse_invalid(&meta, &readers[0], &other, &main)
-            .await?;
+        self.refuse_invalid(&meta, &readers[0], &main).await?;
         crate::test_hooks::pause("delta-detect").await;
 
         let detect_start = Instant::now();
@@ -142,16 +140,15 @@ impl Run<'_> {
         &self,
         meta: &StageMeta,
         snapshot: &Client,
-        other: &Client,
         mas: &Client,
     ) -> anyhow::Result<()> {
-        let facts = super::source_facts(snapshot, other).await?;
+        let facts = super::source_facts(snapshot).await?;
         let why = super::invalid_because(
             meta,
             &facts,
             super::mas_schema_version(mas).await?,
             &super::mapping_digest(self.mas, self.opts.ignore_missing_auth_providers),
-            super::xmax_now(other).await?,
+            super::xmax_now(snapshot).await?,
         );
         match why {
             Some(why) => bail!("refusing the stage: {why}. Nothing was changed."),

@@ -78,10 +78,10 @@ pub struct SourceFacts {
     pub synapse_schema_version: Option<i32>,
 }
 
-/// Reads the snapshot's facts on `snapshot` (a session in the snapshot's transaction) and the
-/// server's identity on `other` (a session outside it: `pg_control_system()` may be refused, and
-/// an error must not abort the snapshot's transaction).
-pub async fn source_facts(snapshot: &Client, other: &Client) -> anyhow::Result<SourceFacts> {
+/// Reads the snapshot's facts on `snapshot` (a session in the snapshot's transaction).
+/// Synapse's server identifier is read only where the role may call `pg_control_system()`
+/// (an error would abort the snapshot's transaction).
+pub async fn source_facts(snapshot: &Client) -> anyhow::Result<SourceFacts> {
     let row = snapshot
         .query_one(
             "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
@@ -89,19 +89,13 @@ pub async fn source_facts(snapshot: &Client, other: &Client) -> anyhow::Result<S
                     (SELECT oid FROM pg_database WHERE datname = current_database())::int8,
                     current_database()::text,
                     (SELECT max(version)::int4 FROM schema_version),
-                    pg_current_snapshot()::text",
+                    pg_current_snapshot()::text,
+                    CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')
+                         THEN (SELECT system_identifier::text FROM pg_control_system()) END",
             &[],
         )
         .await
         .context("reading the Synapse snapshot's xmin")?;
-    let system_identifier = other
-        .query_one(
-            "SELECT system_identifier::text FROM pg_control_system()",
-            &[],
-        )
-        .await
-        .ok()
-        .map(|r| r.get(0));
     Ok(SourceFacts {
         taken_at: row.get(0),
         snapshot_xmin: row.get(1),
@@ -109,7 +103,7 @@ pub async fn source_facts(snapshot: &Client, other: &Client) -> anyhow::Result<S
         database_oid: row.get(2),
         database_name: row.get(3),
         synapse_schema_version: row.get(4),
-        system_identifier,
+        system_identifier: row.get(6),
     })
 }
 
@@ -522,12 +516,14 @@ impl Status {
     }
 }
 
-/// The stage's status against the databases and configuration given.
+/// The stage's status against the databases and configuration given; with `count_changed`,
+/// also the users changed since (a read of Synapse's six tables).
 pub async fn status(
     synapse: &Client,
     mas: &Client,
     config: &MasConfig,
     ignore_missing_auth_providers: bool,
+    count_changed: bool,
 ) -> anyhow::Result<Status> {
     let Some(meta) = meta(mas).await? else {
         return Ok(Status {
@@ -540,7 +536,7 @@ pub async fn status(
             changed_users: None,
         });
     };
-    let facts = source_facts(synapse, synapse).await?;
+    let facts = source_facts(synapse).await?;
     let xmax = xmax_now(synapse).await?;
     let why = invalid_because(
         &meta,
@@ -550,8 +546,10 @@ pub async fn status(
         xmax,
     );
     let changed_users = match why {
-        None => Some(delta::changed_users(synapse, mas, &meta).await?.len() as u64),
-        Some(_) => None,
+        None if count_changed => {
+            Some(delta::changed_users(synapse, mas, &meta).await?.len() as u64)
+        }
+        _ => None,
     };
     Ok(Status {
         exists: true,
