@@ -483,6 +483,7 @@ mod tests {
                 mas_rows: BTreeMap::from([("users".into(), 8)]),
             }),
             providers: Vec::new(),
+            stage: None,
         }
     }
 
