@@ -139,6 +139,10 @@ pub enum StageAction {
 
 #[derive(Debug, Args, Clone)]
 pub struct PrestageArgs {
+    /// Build a new stage even when the existing one could be refreshed with what changed since
+    #[arg(long)]
+    pub rebuild: bool,
+
     /// Build the stage even when the checks found warnings (`migrate` will need it too)
     #[arg(long)]
     pub allow_warnings: bool,
@@ -194,7 +198,7 @@ impl PrestageArgs {
             full_check: self.full_check,
             seed: self.seed,
             rebuild_sessions: self.rebuild_sessions,
-            no_stage: true,
+            no_stage: self.rebuild,
         }
     }
 }

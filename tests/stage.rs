@@ -173,6 +173,59 @@ async fn a_stage_without_changes_is_swapped_in_as_it_is() {
     assert_eq!(dump(&env.mas).await, dump(&reference.mas).await);
 }
 
+/// A second prestage refreshes the stage with what changed since (the changed users only),
+/// `--rebuild` builds a new one, `--seed` with another key rebuilds too; the window after a
+/// refresh applies only what changed since the refresh, and equals a full run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_prestage_refreshes_the_stage() {
+    let schema = Schema::Project;
+    let expected = full_run(schema).await;
+    let env = Env::of(TestDb::synapse(schema).await, TestDb::mas(schema).await);
+    ok(&run(&env, &["prestage", "--allow-warnings", "--seed", "1"]));
+    env.synapse.exec(CHURN).await;
+    let doc = ok(&run(
+        &env,
+        &["prestage", "--allow-warnings", "--seed", "1", "--json"],
+    ));
+    assert_eq!(
+        doc["migrate"]["staged"]["changed_users"], CHURNED_USERS,
+        "{}",
+        doc["migrate"]
+    );
+    let status = ok(&run(&env, &["stage", "status", "--json"]));
+    assert_eq!(status["changed_users"], 0, "{status}");
+    let doc = ok(&run(
+        &env,
+        &[
+            "prestage",
+            "--allow-warnings",
+            "--rebuild",
+            "--seed",
+            "1",
+            "--json",
+        ],
+    ));
+    assert!(doc["migrate"].get("staged").is_none(), "{}", doc["migrate"]);
+    let out = run(
+        &env,
+        &["prestage", "--allow-warnings", "--seed", "2", "--json"],
+    );
+    let doc = ok(&out);
+    assert!(doc["migrate"].get("staged").is_none(), "{}", doc["migrate"]);
+    assert!(
+        stderr(&out).contains("built with another --seed"),
+        "{}",
+        stderr(&out)
+    );
+    ok(&run(
+        &env,
+        &["prestage", "--allow-warnings", "--seed", "1", "--rebuild"],
+    ));
+    let doc = ok(&run(&env, &["migrate", "--allow-warnings", "--json"]));
+    assert_eq!(doc["migrate"]["staged"]["changed_users"], 0);
+    assert_eq!(dump(&env.mas).await, expected);
+}
+
 /// A dry run of the staged migration leaves MAS and the stage as they were; `--no-stage`
 /// migrates everything and leaves the stage alone; `stage drop` removes it.
 #[tokio::test(flavor = "multi_thread")]
@@ -518,8 +571,17 @@ async fn churn_property(case: ChurnCase) -> Result<(), TestCaseError> {
     prestage_with_writer(&env, &case.during).await?;
     apply(&env.synapse, &case.after).await;
     if let Some(more) = &case.refresh {
-        let out = run(&env, &["prestage", "--allow-warnings", "--seed", "1"]);
+        let out = run(
+            &env,
+            &["prestage", "--allow-warnings", "--seed", "1", "--json"],
+        );
         prop_assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        prop_assert!(
+            doc["migrate"]["staged"].is_object(),
+            "not refreshed: {}",
+            doc
+        );
         apply(&env.synapse, more).await;
     }
     let out = run(&env, &["migrate", "--allow-warnings", "--json"]);

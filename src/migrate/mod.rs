@@ -142,17 +142,25 @@ pub async fn run(
     sessions.remember_users_oid(&main).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "MAS checked and locked");
     let defs = catalog::read(&main).await?;
-    if !opts.prestage && !opts.no_stage && crate::stage::exists(&main).await? {
-        let run = crate::stage::delta::Run {
+    if !opts.no_stage && crate::stage::exists(&main).await? {
+        use crate::stage::delta::{Purpose, Run};
+        let run = Run {
             synapse_db,
             mas,
             opts,
             progress,
             defs: &defs,
             started,
-            leftovers,
+            leftovers: leftovers.clone(),
         };
-        return run.apply(main).await;
+        let purpose = if opts.prestage {
+            Purpose::Refresh
+        } else {
+            Purpose::Window
+        };
+        if let Some(summary) = run.apply(&mut main, purpose).await? {
+            return Ok(summary);
+        }
     }
     shadow::create_schema(&main).await?;
     sessions.created.store(true, Ordering::SeqCst);

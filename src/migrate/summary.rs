@@ -117,7 +117,10 @@ impl Summary {
     /// The table printed at the end of a run.
     pub fn render_human(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let title = match (self.prestage, &self.staged, self.dry_run) {
-            (true, _, _) => {
+            (true, Some(_), _) => {
+                "Stage refreshed: the users who changed since its snapshot were derived again; MAS's own tables are unchanged."
+            }
+            (true, None, _) => {
                 "Stage built: MAS's own tables are unchanged; `syn2mas migrate` will swap it in after applying what changes in Synapse from now on."
             }
             (false, Some(_), true) => {

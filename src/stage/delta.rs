@@ -51,14 +51,29 @@ pub struct Run<'a> {
     pub leftovers: Vec<String>,
 }
 
+/// What the changes are applied for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The window's `migrate`: the stage is brought up to date and swapped in.
+    Window,
+    /// A second `prestage`: the stage is brought up to date with a new snapshot, and stays.
+    Refresh,
+}
+
 impl Run<'_> {
-    /// Brings the stage up to date and swaps it in (rolled back with `--dry-run`).
-    pub async fn apply(self, mut main: Client) -> anyhow::Result<Summary> {
-        let meta = super::meta(&main)
+    /// Brings the stage up to date and swaps it in (rolled back with `--dry-run`), or, for a
+    /// refresh, records the new snapshot with it. `None` when a refresh finds the stage unusable
+    /// here (the caller builds a new one); a window refuses an unusable stage.
+    pub async fn apply(
+        self,
+        main: &mut Client,
+        purpose: Purpose,
+    ) -> anyhow::Result<Option<Summary>> {
+        let meta = super::meta(main)
             .await?
             .context("the stage vanished while the run started")?;
         let readers = pipeline::open_readers(self.synapse_db).await?;
-        let lock = if self.opts.dry_run {
+        let lock = if self.opts.dry_run || purpose == Purpose::Refresh {
             LockMode::AccessShare
         } else {
             LockMode::Exclusive
@@ -67,7 +82,19 @@ impl Run<'_> {
         for client in &readers[1..] {
             snapshot::join(client, &snapshot_id).await?;
         }
-        self.refuse_invalid(&meta, &readers[0], &main).await?;
+        let facts = super::source_facts(&readers[0]).await?;
+        if let Some(why) = self
+            .invalid_because(&meta, &facts, &readers[0], main)
+            .await?
+        {
+            if purpose == Purpose::Refresh {
+                self.progress.println(&format!(
+                    "The stage cannot be refreshed ({why}): building a new one."
+                ));
+                return Ok(None);
+            }
+            bail!("refusing the stage: {why}. Nothing was changed.");
+        }
         crate::test_hooks::pause("delta-detect").await;
 
         let detect_start = Instant::now();
@@ -86,6 +113,10 @@ impl Run<'_> {
         } else {
             derive(&readers, &ctx, changed.len() as u64, self.progress).await?
         };
+        let counts = match purpose {
+            Purpose::Refresh => Some(counts_of(&readers[0], &changed).await?),
+            Purpose::Window => None,
+        };
         for client in &readers {
             client
                 .batch_execute("COMMIT")
@@ -102,21 +133,37 @@ impl Run<'_> {
         let apply_seconds = apply_start.elapsed().as_secs_f64();
         crate::test_hooks::pause("delta-applied").await;
         let swap_start = Instant::now();
-        let outgoing = self.defs.outgoing_keys();
-        shadow::swap_in(&tx, SCHEMA, &[], &outgoing).await?;
-        if self.opts.dry_run {
-            tx.rollback()
-                .await
-                .context("rolling back the dry-run swap")?;
-        } else {
-            tx.commit().await.context("committing the swap")?;
-            crate::test_hooks::pause("committed").await;
+        match counts {
+            Some(counts) => {
+                let refreshed = StageMeta {
+                    taken_at: facts.taken_at,
+                    snapshot_xmin: facts.snapshot_xmin,
+                    snapshot: facts.snapshot,
+                    now_ms: ctx.now_ms,
+                    ..meta.clone()
+                };
+                record_refresh(&tx, &changed, &counts, &refreshed).await?;
+                tx.commit()
+                    .await
+                    .context("committing the refreshed stage")?;
+            }
+            None => {
+                shadow::swap_in(&tx, SCHEMA, &[], &self.defs.outgoing_keys()).await?;
+                if self.opts.dry_run {
+                    tx.rollback()
+                        .await
+                        .context("rolling back the dry-run swap")?;
+                } else {
+                    tx.commit().await.context("committing the swap")?;
+                    crate::test_hooks::pause("committed").await;
+                }
+            }
         }
         let swap_seconds = swap_start.elapsed().as_secs_f64();
         let entities = summarise(&stats, &seconds)?;
-        Ok(Summary {
+        Ok(Some(Summary {
             dry_run: self.opts.dry_run,
-            prestage: false,
+            prestage: purpose == Purpose::Refresh,
             staged: Some(Staged {
                 stage_taken_at: meta.taken_at,
                 changed_users: changed.len() as u64,
@@ -132,28 +179,31 @@ impl Run<'_> {
             swap_seconds,
             total_seconds: self.started.elapsed().as_secs_f64(),
             leftovers_dropped: self.leftovers,
-        })
+        }))
     }
 
-    /// Refuses a stage built from other databases, schemas or configuration, or too old.
-    async fn refuse_invalid(
+    /// Why the stage cannot be applied here: built from other databases, schemas or
+    /// configuration, too old, or (a refresh with `--seed`) with another id key.
+    async fn invalid_because(
         &self,
         meta: &StageMeta,
+        facts: &super::SourceFacts,
         snapshot: &Client,
         mas: &Client,
-    ) -> anyhow::Result<()> {
-        let facts = super::source_facts(snapshot).await?;
-        let why = super::invalid_because(
+    ) -> anyhow::Result<Option<String>> {
+        if let Some(seed) = self.opts.seed
+            && self.opts.prestage
+            && hex(&Ids::from_seed(seed).key()) != meta.id_key
+        {
+            return Ok(Some("it was built with another --seed".to_owned()));
+        }
+        Ok(super::invalid_because(
             meta,
-            &facts,
+            facts,
             super::mas_schema_version(mas).await?,
             &super::mapping_digest(self.mas, self.opts.ignore_missing_auth_providers),
             super::xmax_now(snapshot).await?,
-        );
-        match why {
-            Some(why) => bail!("refusing the stage: {why}. Nothing was changed."),
-            None => Ok(()),
-        }
+        ))
     }
 
     /// The transform's context: the stage's id key, this run's clock, the changed users only.
@@ -280,6 +330,56 @@ async fn next(
             with_flag,
         ))),
     }
+}
+
+/// The per-user counts of `users` in the snapshot `synapse` reads (see `super::per_user_sql`).
+async fn counts_of(synapse: &Client, users: &[String]) -> anyhow::Result<Vec<Counts>> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = super::sql_text_array(users.iter().map(String::as_str));
+    Ok(synapse
+        .query(&super::per_user_sql_of(&list), &[])
+        .await
+        .context("reading the changed users' counts")?
+        .iter()
+        .map(|r| Counts::from_row(r, false))
+        .collect())
+}
+
+/// A refresh's bookkeeping in its transaction: the changed users' counts as of the new
+/// snapshot, and the new snapshot as the stage's.
+async fn record_refresh(
+    tx: &Transaction<'_>,
+    changed: &[String],
+    counts: &[Counts],
+    meta: &StageMeta,
+) -> anyhow::Result<()> {
+    let table = format!("{SCHEMA}.{}", super::USER_COUNTS);
+    tx.execute(
+        &format!("DELETE FROM {table} WHERE user_id = ANY($1)"),
+        &[&changed],
+    )
+    .await
+    .context("refreshing the stage's per-user counts")?;
+    let ids: Vec<&str> = counts.iter().map(|c| c.user_id.as_str()).collect();
+    let column = |i: usize| counts.iter().map(|c| c.rows[i]).collect::<Vec<i64>>();
+    tx.execute(
+        &format!(
+            "INSERT INTO {table} SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], \
+             $5::int8[], $6::int8[], $7::int8[])"
+        ),
+        &[&ids, &column(0), &column(1), &column(2), &column(3), &column(4), &column(5)],
+    )
+    .await
+    .context("refreshing the stage's per-user counts")?;
+    tx.execute(
+        &format!("UPDATE {SCHEMA}.meta SET doc = $1::text::jsonb"),
+        &[&serde_json::to_string(meta)?],
+    )
+    .await
+    .context("recording the stage's new snapshot")?;
+    Ok(())
 }
 
 /// The MAS usernames of `users` on this server (users elsewhere have no MAS rows).

@@ -224,6 +224,12 @@ pub fn per_user_sql(changed_since: Option<&Snapshot>) -> String {
     )
 }
 
+/// [`per_user_sql`] without the change flag, for the users in `users` only (a SQL array
+/// literal): a refresh's new counts of the users it derived again.
+pub fn per_user_sql_of(users: &str) -> String {
+    per_user_sql(None).replace(" IS NOT NULL", &format!(" = ANY({users})"))
+}
+
 /// The table the prestage copies [`per_user_sql`]'s rows into (binary COPY straight through:
 /// the column types match).
 pub fn create_counts_sql(schema: &str) -> String {
@@ -579,6 +585,13 @@ mod tests {
     fn the_per_user_read_counts_six_tables_and_flags_changes_only_when_asked() {
         let plain = per_user_sql(None);
         assert_eq!(plain.matches("count(*) FILTER").count(), 6);
+        let some = per_user_sql_of("ARRAY['@a:x']::text[]");
+        assert_eq!(
+            some.matches("= ANY(ARRAY['@a:x']::text[])").count(),
+            6,
+            "{some}"
+        );
+        assert!(!some.contains("IS NOT NULL"), "{some}");
         assert!(!plain.contains("xmin"));
         let snapshot = Snapshot::parse("4294967300:4294967302:4294967300,4294967301").unwrap();
         assert_eq!(
