@@ -98,7 +98,7 @@ impl Run<'_> {
         crate::test_hooks::pause("delta-detect").await;
 
         let detect_start = Instant::now();
-        let changed = changed_users(&readers[0], &main, &meta).await?;
+        let changed = changed_users(&readers[0], main, &meta).await?;
         let detect_seconds = detect_start.elapsed().as_secs_f64();
         tracing::debug!(
             changed = changed.len(),
