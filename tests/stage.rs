@@ -323,14 +323,43 @@ async fn kills_leave_no_half_stage_and_no_half_swap() {
     assert!(!stage_exists(&env.mas).await);
     assert_eq!(env.mas.fingerprint(&["syn2mas_shadow"]).await, before);
 
-    // A staged migrate killed after applying the changes inside its transaction: MAS and the
-    // stage are as they were, and the next migrate applies the stage.
+    // With a stage: a rebuilding prestage killed anywhere, and a refresh killed inside its
+    // transaction, leave the stage exactly as it was (and MAS).
     ok(&run(&env, &["prestage", "--allow-warnings", "--seed", "1"]));
     env.synapse.exec(CHURN).await;
-    let staged = env.mas.fingerprint(&[]).await;
+    let staged = env.mas.fingerprint(&["syn2mas_shadow"]).await;
+    for point in ["after-users", "rebuild", "stage-finish"] {
+        let args = ["prestage", "--allow-warnings", "--seed", "1", "--rebuild"];
+        kill_at(&env, &args, point);
+        assert_eq!(
+            env.mas.fingerprint(&["syn2mas_shadow"]).await,
+            staged,
+            "prestage --rebuild killed at {point}"
+        );
+    }
+    for point in ["delta-detect", "delta-applied"] {
+        kill_at(
+            &env,
+            &["prestage", "--allow-warnings", "--seed", "1"],
+            point,
+        );
+        assert_eq!(
+            env.mas.fingerprint(&["syn2mas_shadow"]).await,
+            staged,
+            "refresh killed at {point}"
+        );
+    }
+
+    // A staged migrate killed after applying the changes inside its transaction: MAS and the
+    // stage are as they were, and the next migrate applies the stage.
+    let staged = env.mas.fingerprint(&["syn2mas_shadow"]).await;
     for point in ["delta-detect", "delta-applied", "swap-moved"] {
         kill_at(&env, &["migrate", "--allow-warnings"], point);
-        assert_eq!(env.mas.fingerprint(&[]).await, staged, "killed at {point}");
+        assert_eq!(
+            env.mas.fingerprint(&["syn2mas_shadow"]).await,
+            staged,
+            "killed at {point}"
+        );
     }
     let doc = ok(&run(&env, &["migrate", "--allow-warnings", "--json"]));
     assert_eq!(doc["migrate"]["staged"]["changed_users"], CHURNED_USERS);
