@@ -59,6 +59,10 @@ struct Args {
     /// a row with the median: on a shared VM one run can be 1.5× another
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     repeat: u32,
+    /// Write the Markdown here instead of benches/RESULTS.md (which keeps hand-written
+    /// sections before the generated tables)
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
     /// After the usual phases: for each churn percentage, a `prestage`, that share of users
     /// changed in Synapse, and the window's staged `migrate` (e.g. `--staged 0.1,1,10`)
     #[arg(long, value_delimiter = ',')]
@@ -120,7 +124,10 @@ fn main() -> Result<()> {
         document.push_str(&md);
         document.push('\n');
     }
-    let path = results_path(bench.args.smoke)?;
+    let path = match &bench.args.out {
+        Some(p) => p.clone(),
+        None => results_path(bench.args.smoke)?,
+    };
     document.push_str(&kept_analysis(&path));
     std::fs::write(&path, document).with_context(|| format!("writing {}", path.display()))?;
     println!("results written to {}", path.display());
