@@ -1,17 +1,19 @@
-//! A staged migration: the window's `migrate` when a stage exists. It finds the Synapse users
-//! whose rows changed since the stage's snapshot, derives their rows again with the normal
-//! transform, and in one transaction replaces their rows in the stage and swaps the stage in.
+//! Applying what changed since the stage's snapshot: the window's `migrate` when a stage
+//! exists, and a second `prestage` (a refresh). It finds the Synapse users whose rows changed,
+//! derives their rows again with the normal transform, and in one transaction replaces their
+//! rows in the stage and then swaps the stage in (the window) or records the new snapshot with
+//! it (a refresh).
 //!
-//! A user is *changed* when any of their rows in the six tables has an xmin at or after the
-//! stage snapshot's xmin (inserted or updated since: a superset, never fewer), or when the
-//! number of their rows in a table differs from the stage's count (rows deleted), or when they
-//! exist on one side only. Every rule of the mapping looks at one user's rows only, and ids are
-//! a keyed hash of natural keys with the stage's key, so the rows of unchanged users in the
-//! stage are exactly what a full run would write for them, and the changed users' rows are
-//! derived as a full run would.
+//! A user is *changed* when any of their rows in the six tables has an xmin the stage's
+//! snapshot could not see (inserted or updated since, or by a transaction still running then:
+//! a superset, never fewer), or when the number of their rows in a table differs from the
+//! stage's count (rows deleted), or when they exist on one side only. Every rule of the mapping
+//! looks at one user's rows only, and ids are a keyed hash of natural keys with the stage's
+//! key, so the rows of unchanged users in the stage are exactly what a full run would write for
+//! them, and the changed users' rows are derived as a full run would.
 //!
-//! Everything that changes the stage happens in the swap's transaction: a failure, a signal or
-//! a kill before its COMMIT leaves the stage exactly as the prestage left it, still usable.
+//! Everything that changes the stage happens in that one transaction: a failure, a signal or a
+//! kill before its COMMIT leaves the stage exactly as it was, still usable.
 
 use std::cmp::Ordering as Cmp;
 use std::collections::BTreeMap;
