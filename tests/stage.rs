@@ -109,11 +109,31 @@ async fn full_run(schema: Schema) -> BTreeMap<&'static str, Vec<String>> {
     dump(&env.mas).await
 }
 
+/// MAS's schema: every index and constraint, by name and definition.
+async fn definitions(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'
+             UNION ALL
+             SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+               FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn prestage_then_changes_then_migrate_equals_a_full_migration() {
     for schema in schemas() {
         let expected = full_run(schema).await;
         let env = Env::of(TestDb::synapse(schema).await, TestDb::mas(schema).await);
+        let catalogue = definitions(&env.mas).await;
         let before = env.mas.fingerprint(&["syn2mas_stage"]).await;
         let out = run(
             &env,
@@ -137,6 +157,11 @@ async fn prestage_then_changes_then_migrate_equals_a_full_migration() {
             doc["migrate"]
         );
         assert_eq!(dump(&env.mas).await, expected, "{schema}: staged ≠ full");
+        assert_eq!(
+            definitions(&env.mas).await,
+            catalogue,
+            "{schema}: MAS's definitions"
+        );
         assert!(!stage_exists(&env.mas).await, "{schema}: the stage is left");
         assert!(env.mas.leftovers().await.is_empty());
         let verify = run(&env, &["verify"]);

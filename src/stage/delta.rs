@@ -150,6 +150,7 @@ impl Run<'_> {
                     .context("committing the refreshed stage")?;
             }
             None => {
+                super::drop_helper_indexes(&tx).await?;
                 shadow::swap_in(&tx, SCHEMA, &[], &self.defs.outgoing_keys()).await?;
                 if self.opts.dry_run {
                     tx.rollback()

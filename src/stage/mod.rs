@@ -312,6 +312,7 @@ pub async fn finish(
             .map_err(crate::db::without_detail)
             .with_context(|| format!("finishing the stage: {sql}"))?;
     }
+    index_foreign_keys(&tx).await?;
     tx.batch_execute(&format!(
         "CREATE INDEX ON {from}.{USER_COUNTS} (user_id COLLATE \"C\");
          CREATE TABLE {from}.meta (doc jsonb NOT NULL)"
@@ -332,6 +333,72 @@ pub async fn finish(
     .await
     .context("renaming the shadow schema to the stage")?;
     tx.commit().await.context("committing the stage")?;
+    Ok(())
+}
+
+/// Prefix of the indexes a stage adds for its own use (see [`index_foreign_keys`]); the swap
+/// drops them, so the tables MAS gets have exactly MAS's indexes.
+const HELPER_INDEX: &str = "syn2mas_fk_";
+
+/// Indexes the referencing columns of every foreign key between the stage's tables that MAS
+/// leaves unindexed (`user_passwords.upgraded_from_id`): deleting a changed user's rows makes
+/// PostgreSQL look for rows that still reference each deleted one, which without an index is a
+/// scan of the whole table per deleted row (hours at a million users). Partial (`IS NOT
+/// NULL`: the lookup's `=` implies it), so an unused column costs an empty index.
+async fn index_foreign_keys(tx: &Transaction<'_>) -> anyhow::Result<()> {
+    let rows = tx
+        .query(
+            "SELECT c.conrelid::regclass::text,
+                    array_agg(quote_ident(a.attname) ORDER BY k.ord)
+               FROM pg_constraint c
+              CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+              WHERE c.contype = 'f' AND c.connamespace = $1::text::regnamespace
+                AND NOT EXISTS (
+                    SELECT 1 FROM pg_index i
+                     WHERE i.indrelid = c.conrelid AND i.indpred IS NULL
+                       AND array_to_string((i.indkey::int2[])[0:cardinality(c.conkey) - 1], ',')
+                           = array_to_string(c.conkey, ','))
+              GROUP BY c.oid, 1
+              ORDER BY 1, 2",
+            &[&shadow::SCHEMA],
+        )
+        .await
+        .context("looking for unindexed foreign keys in the stage")?;
+    for (n, row) in rows.iter().enumerate() {
+        let table: String = row.get(0);
+        let columns: Vec<String> = row.get(1);
+        let not_null: Vec<String> = columns.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+        tx.batch_execute(&format!(
+            "CREATE INDEX {HELPER_INDEX}{n} ON {table} ({}) WHERE {}",
+            columns.join(", "),
+            not_null.join(" AND ")
+        ))
+        .await
+        .with_context(|| format!("indexing a foreign key of {table} in the stage"))?;
+    }
+    Ok(())
+}
+
+/// Drops the stage's own indexes (see [`index_foreign_keys`]) in the swap's transaction.
+pub async fn drop_helper_indexes(tx: &Transaction<'_>) -> anyhow::Result<()> {
+    let names: Vec<String> = tx
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind = 'i' AND starts_with(c.relname, $2)",
+            &[&SCHEMA, &HELPER_INDEX],
+        )
+        .await
+        .context("listing the stage's own indexes")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in names {
+        tx.batch_execute(&format!("DROP INDEX {name}"))
+            .await
+            .with_context(|| format!("dropping the stage's index {name}"))?;
+    }
     Ok(())
 }
 
