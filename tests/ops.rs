@@ -10,7 +10,16 @@ use std::time::{Duration, Instant};
 
 use common::{Schema, TestDb, syn2mas_bin};
 
-const SUBCOMMANDS: [&str; 6] = ["check", "migrate", "verify", "demo", "completions", "man"];
+const SUBCOMMANDS: [&str; 8] = [
+    "check",
+    "migrate",
+    "prestage",
+    "stage",
+    "verify",
+    "demo",
+    "completions",
+    "man",
+];
 
 fn run(args: &[&str]) -> Output {
     Command::new(syn2mas_bin())
