@@ -956,8 +956,11 @@ async fn a_synapse_that_still_writes_stops_migrate_but_not_dry_run() {
         .unwrap();
 
     let out = env.run(&["migrate", "--allow-warnings"]);
-    out.expect(1, "Refusing to migrate: 1 other session(s) are connected to Synapse's database")
-        .expect(1, "idle in transaction");
+    out.expect(
+        1,
+        "Refusing to migrate: 1 other session(s) are connected to Synapse's database",
+    )
+    .expect(1, "idle in transaction");
     env.assert_untouched("Synapse still connected").await;
 
     let out = env.run(&["migrate", "--allow-warnings", "--allow-other-sessions"]);
