@@ -52,7 +52,7 @@ impl fmt::Display for MemSize {
     /// The largest unit that divides the size exactly, as PostgreSQL's `SHOW` prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, name) in [(TB, "TB"), (GB, "GB"), (MB, "MB")] {
-            if self.kb >= unit && self.kb % unit == 0 {
+            if self.kb >= unit && self.kb.is_multiple_of(unit) {
                 return write!(f, "{}{name}", self.kb / unit);
             }
         }
