@@ -149,6 +149,7 @@ pub const WORK_MEM_NODES: u64 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerSettings {
     pub shared_buffers: MemSize,
+    pub effective_cache_size: MemSize,
     pub work_mem: MemSize,
     pub maintenance_work_mem: MemSize,
 }
@@ -158,7 +159,8 @@ impl ServerSettings {
         let row = client
             .query_one(
                 "SELECT current_setting('shared_buffers'), current_setting('work_mem'), \
-                        current_setting('maintenance_work_mem')",
+                        current_setting('maintenance_work_mem'), \
+                        current_setting('effective_cache_size')",
                 &[],
             )
             .await
@@ -172,15 +174,23 @@ impl ServerSettings {
             shared_buffers: get(0, "shared_buffers")?,
             work_mem: get(1, "work_mem")?,
             maintenance_work_mem: get(2, "maintenance_work_mem")?,
+            effective_cache_size: get(3, "effective_cache_size")?,
         })
+    }
+
+    /// What `migrate`'s sessions on this server may share: the larger of `shared_buffers`
+    /// (about a quarter of the machine's memory on a tuned server, but 128MB on an untuned
+    /// one) and a quarter of `effective_cache_size` (set to half or three quarters of the
+    /// memory on a tuned server, 4GB by default). PostgreSQL knows no other memory figure.
+    pub fn budget(&self) -> MemSize {
+        self.shared_buffers.max(self.effective_cache_size.div(4))
     }
 }
 
-/// The default rule: the server's `shared_buffers` (about a quarter of its memory on a tuned
-/// server, and the one memory figure PostgreSQL knows) is the budget `migrate`'s sessions on
-/// that server share. Each session gets `budget / sessions` (divided by [`WORK_MEM_NODES`] for
-/// `work_mem`), capped at the values syn2mas used to hard-code, and never less than the
-/// server's own setting, which every session of that server gets anyway.
+/// The default rule: `migrate`'s sessions on a server share its [`ServerSettings::budget`].
+/// Each session gets `budget / sessions` (divided by [`WORK_MEM_NODES`] for `work_mem`),
+/// capped at the values syn2mas used to hard-code, and never less than the server's own
+/// setting, which every session of that server gets anyway.
 pub fn derive(server_setting: MemSize, budget: MemSize, divisor: u64, cap: MemSize) -> MemSize {
     budget.div(divisor).min(cap).max(server_setting)
 }
@@ -217,7 +227,7 @@ impl Requested {
             self.work_mem.unwrap_or_else(|| {
                 derive(
                     s.work_mem,
-                    s.shared_buffers,
+                    s.budget(),
                     sessions.max(1) as u64 * WORK_MEM_NODES,
                     WORK_MEM_CAP,
                 )
@@ -229,7 +239,7 @@ impl Requested {
             rebuild_maintenance_work_mem: self.maintenance_work_mem.unwrap_or_else(|| {
                 derive(
                     mas.maintenance_work_mem,
-                    mas.shared_buffers,
+                    mas.budget(),
                     rebuild_sessions.max(1) as u64,
                     MAINTENANCE_WORK_MEM_CAP,
                 )
@@ -254,8 +264,8 @@ impl Requested {
             synapse_work_mem = %chosen.synapse_work_mem,
             rebuild_work_mem = %chosen.rebuild_work_mem,
             rebuild_maintenance_work_mem = %chosen.rebuild_maintenance_work_mem,
-            synapse_shared_buffers = %s.shared_buffers,
-            mas_shared_buffers = %m.shared_buffers,
+            synapse_budget = %s.budget(),
+            mas_budget = %m.budget(),
             "server memory per session"
         );
         Ok(chosen)
@@ -337,9 +347,15 @@ mod tests {
         assert_eq!(parse_work_mem("64kB"), Ok(MemSize::kb(64)));
     }
 
-    fn server(shared_buffers: &str, work_mem: &str, maintenance: &str) -> ServerSettings {
+    fn server(
+        shared_buffers: &str,
+        effective_cache_size: &str,
+        work_mem: &str,
+        maintenance: &str,
+    ) -> ServerSettings {
         ServerSettings {
             shared_buffers: size(shared_buffers),
+            effective_cache_size: size(effective_cache_size),
             work_mem: size(work_mem),
             maintenance_work_mem: size(maintenance),
         }
@@ -348,14 +364,16 @@ mod tests {
     /// The README's worked examples.
     #[test]
     fn defaults_follow_the_documented_rule() {
-        // PostgreSQL's defaults (shared_buffers 128MB, work_mem 4MB, maintenance 64MB).
-        let small = server("128MB", "4MB", "64MB");
-        let c = Requested::default().choose(&small, &small, 4, 2);
-        assert_eq!(c.synapse_work_mem, size("8MB")); // 128MB / (4 × 4)
-        assert_eq!(c.rebuild_work_mem, size("16MB")); // 128MB / (2 × 4)
-        assert_eq!(c.rebuild_maintenance_work_mem, size("64MB")); // 64MB, the server's own
-        // A tuned 16 GB server (shared_buffers 4GB).
-        let big = server("4GB", "16MB", "256MB");
+        // PostgreSQL's defaults: the budget is a quarter of effective_cache_size (1GB).
+        let untuned = server("128MB", "4GB", "4MB", "64MB");
+        assert_eq!(untuned.budget(), size("1GB"));
+        let c = Requested::default().choose(&untuned, &untuned, 4, 2);
+        assert_eq!(c.synapse_work_mem, size("64MB")); // 1GB / (4 × 4)
+        assert_eq!(c.rebuild_work_mem, size("128MB")); // 1GB / (2 × 4)
+        assert_eq!(c.rebuild_maintenance_work_mem, size("512MB")); // 1GB / 2
+        // A tuned 16 GB server: the budget is shared_buffers (4GB).
+        let big = server("4GB", "12GB", "16MB", "256MB");
+        assert_eq!(big.budget(), size("4GB"));
         let c = Requested::default().choose(&big, &big, 4, 2);
         assert_eq!(c.synapse_work_mem, size("256MB")); // 4GB / 16, at the cap
         assert_eq!(c.rebuild_work_mem, size("256MB")); // 4GB / 8 = 512MB, capped
@@ -364,8 +382,15 @@ mod tests {
         let c = Requested::default().choose(&big, &big, 4, 8);
         assert_eq!(c.rebuild_work_mem, size("128MB")); // 4GB / 32
         assert_eq!(c.rebuild_maintenance_work_mem, size("512MB")); // 4GB / 8
+        // A tuned 2 GB server with 8 rebuild sessions.
+        let small = server("512MB", "1536MB", "4MB", "64MB");
+        assert_eq!(small.budget(), size("512MB"));
+        let c = Requested::default().choose(&small, &small, 4, 8);
+        assert_eq!(c.synapse_work_mem, size("32MB")); // 512MB / 16
+        assert_eq!(c.rebuild_work_mem, size("16MB")); // 512MB / 32
+        assert_eq!(c.rebuild_maintenance_work_mem, size("64MB")); // 512MB / 8
         // Never below the server's own setting.
-        let generous = server("128MB", "512MB", "2GB");
+        let generous = server("128MB", "512MB", "512MB", "2GB");
         let c = Requested::default().choose(&generous, &generous, 4, 8);
         assert_eq!(c.synapse_work_mem, size("512MB"));
         assert_eq!(c.rebuild_maintenance_work_mem, size("2GB"));
@@ -373,7 +398,7 @@ mod tests {
 
     #[test]
     fn given_values_win_over_the_rule() {
-        let s = server("4GB", "16MB", "256MB");
+        let s = server("4GB", "12GB", "16MB", "256MB");
         let r = Requested {
             work_mem: Some(size("1MB")),
             maintenance_work_mem: Some(size("32MB")),
