@@ -119,6 +119,23 @@ impl Env {
         self.run(&["verify"]).await.expect(0, "");
     }
 
+    /// Waits until no session called `application_name` is connected to Synapse's database
+    /// (a dropped client's connection ends on the runtime's other threads).
+    async fn wait_until_gone(&self, application_name: &str) {
+        // `count` closes its own connection before it returns.
+        let sessions = format!(
+            "pg_stat_activity WHERE datname = '{}' AND application_name = '{application_name}'",
+            self.synapse.name
+        );
+        for _ in 0..200 {
+            if self.synapse.count(&sessions).await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the session {application_name} never went away");
+    }
+
     /// An idle session on Synapse's database that calls itself `application_name`, as a
     /// Synapse worker or an operator's tool would.
     async fn idle_synapse_session(&self, application_name: &str) -> tokio_postgres::Client {
@@ -216,6 +233,33 @@ async fn an_idle_session_on_synapse_makes_migrate_refuse() {
         .expect(0, "synapse-worker-7");
     drop(worker);
     env.assert_complete("--allow-other-sessions").await;
+}
+
+/// A prestage runs next to Synapse and is not refused; the staged `migrate` of the window is,
+/// like a full one, until the session is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prestage_runs_next_to_synapse_but_the_staged_migrate_refuses() {
+    let env = Env::new().await;
+    let worker = env.idle_synapse_session("synapse-worker-2").await;
+    env.run(&["prestage", "--allow-warnings"])
+        .await
+        .expect(0, "");
+    env.run(&["migrate", "--allow-warnings"])
+        .await
+        .expect(1, "Refusing to migrate: 1 other session(s)")
+        .expect(1, "synapse-worker-2");
+    assert_eq!(
+        env.counts().await,
+        vec![0; 8],
+        "refused staged migrate: MAS rows"
+    );
+    drop(worker);
+    env.wait_until_gone("synapse-worker-2").await;
+    let out = env.run(&["migrate", "--allow-warnings", "--json"]).await;
+    out.expect(0, "");
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("--json");
+    assert!(json["migrate"]["staged"].is_object(), "not staged: {json}");
+    env.assert_complete("the staged migrate").await;
 }
 
 /// The refusal is `migrate`'s own, governed by `--allow-other-sessions` alone:
