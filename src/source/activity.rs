@@ -206,7 +206,7 @@ impl fmt::Display for SynapseInUse {
 
 impl std::error::Error for SynapseInUse {}
 
-/// `migrate`'s guard, before its snapshot: `Err(SynapseInUse)` when other sessions count,
+/// `migrate`'s guard, before it reads Synapse: `Err(SynapseInUse)` when other sessions count,
 /// unless `allow` (`--allow-other-sessions`), which prints them as a warning instead.
 /// Operator tools are always only printed.
 pub async fn refuse_other_sessions(client: &Client, own: &[i32], allow: bool) -> Result<()> {
