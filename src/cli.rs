@@ -158,6 +158,16 @@ pub struct PrestageArgs {
     /// Number of PostgreSQL sessions building indexes and constraints on MAS in parallel
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub rebuild_sessions: usize,
+
+    /// work_mem of each Synapse read session and MAS rebuild session, e.g. 64MB (default:
+    /// derived from each server's settings and the session counts; see the README)
+    #[arg(long, value_name = "SIZE", value_parser = crate::memory::parse_work_mem)]
+    pub work_mem: Option<crate::memory::MemSize>,
+
+    /// maintenance_work_mem of each MAS rebuild session, e.g. 512MB (default: derived from MAS's
+    /// server's settings and --rebuild-sessions; see the README)
+    #[arg(long, value_name = "SIZE", value_parser = crate::memory::parse_maintenance_work_mem)]
+    pub maintenance_work_mem: Option<crate::memory::MemSize>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -187,6 +197,21 @@ pub struct MigrateArgs {
     /// Migrate everything even when a stage from `syn2mas prestage` exists (the stage is left as it is)
     #[arg(long)]
     pub no_stage: bool,
+
+    /// Migrate even though other sessions are connected to Synapse's database (only when they
+    /// are known not to write to it: anything written during the run is not migrated)
+    #[arg(long)]
+    pub allow_other_sessions: bool,
+
+    /// work_mem of each Synapse read session and MAS rebuild session, e.g. 64MB (default:
+    /// derived from each server's settings and the session counts; see the README)
+    #[arg(long, value_name = "SIZE", value_parser = crate::memory::parse_work_mem)]
+    pub work_mem: Option<crate::memory::MemSize>,
+
+    /// maintenance_work_mem of each MAS rebuild session, e.g. 512MB (default: derived from MAS's
+    /// server's settings and --rebuild-sessions; see the README)
+    #[arg(long, value_name = "SIZE", value_parser = crate::memory::parse_maintenance_work_mem)]
+    pub maintenance_work_mem: Option<crate::memory::MemSize>,
 }
 
 impl PrestageArgs {
@@ -199,6 +224,10 @@ impl PrestageArgs {
             seed: self.seed,
             rebuild_sessions: self.rebuild_sessions,
             no_stage: self.rebuild,
+            // A prestage runs next to Synapse; it is never refused for its sessions.
+            allow_other_sessions: false,
+            work_mem: self.work_mem,
+            maintenance_work_mem: self.maintenance_work_mem,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod exit;
+pub mod memory;
 pub mod migrate;
 pub mod pipeline;
 pub mod progress;

@@ -14,6 +14,7 @@ use syn2mas::exit;
 use syn2mas::migrate::{self, MigrateOptions, Sessions};
 use syn2mas::progress::Progress;
 use syn2mas::report::ReportDir;
+use syn2mas::source::activity::SynapseInUse;
 use syn2mas::transform::{RowError, Warnings};
 
 /// Target of the events that carry what is otherwise plain text on stderr (reports, refusals)
@@ -185,6 +186,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             seed: None,
             rebuild_sessions: 2,
             no_stage: false,
+            allow_other_sessions: false,
+            work_mem: None,
+            maintenance_work_mem: None,
         });
     }
     let g = &cli.global;
@@ -220,6 +224,7 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
             Command::Check => report_dir.clone(),
             _ => None,
         },
+        other_sessions: matches!(cli.command, Command::Check),
     };
     let checked = check::run(&inputs);
     let report = tokio::select! {
@@ -436,6 +441,11 @@ impl Run<'_> {
             ignore_missing_auth_providers: g.ignore_missing_auth_providers,
             prestage: self.prestage,
             no_stage: args.no_stage,
+            allow_other_sessions: args.allow_other_sessions,
+            memory: syn2mas::memory::Requested {
+                work_mem: args.work_mem,
+                maintenance_work_mem: args.maintenance_work_mem,
+            },
         };
         let sessions = Sessions::default();
         let outcome = tokio::select! {
@@ -474,6 +484,16 @@ impl Run<'_> {
                     }
                     self.summary(&report, serde_json::json!({ "refused": row.to_string() }))?;
                     return Ok(exit::CHECK_ERRORS);
+                }
+                if let Some(busy) = e.chain().find_map(|c| c.downcast_ref::<SynapseInUse>()) {
+                    // The same exit code as the lock that finds a Synapse still writing.
+                    say(
+                        Level::Error,
+                        &format!("Refusing to migrate: {busy}\nNothing was changed in MAS."),
+                    );
+                    let refused = "other sessions are connected to Synapse's database";
+                    self.summary(&report, serde_json::json!({ "refused": refused }))?;
+                    return Ok(exit::FAILURE);
                 }
                 if let Some(w) = e.chain().find_map(|c| c.downcast_ref::<Warnings>()) {
                     say(

@@ -6,7 +6,8 @@
 
 /// Names a point where a run stops and waits: in order, `locked`, `schema`, `after-users`,
 /// `spilled`, `index-built`, `fk-validation`, `rebuild`, `swap`, `swap-locked`, `swap-moved`,
-/// `committed`, and `cleanup-locked` in the cleanup after a failure or signal.
+/// `committed`, and `cleanup` (its start) and `cleanup-locked` in the cleanup after a failure
+/// or signal; several separated by commas.
 pub const PAUSE_ENV: &str = "SYN2MAS_TEST_PAUSE";
 /// How long a pause lasts (seconds, default 600).
 pub const PAUSE_SECS_ENV: &str = "SYN2MAS_TEST_PAUSE_SECS";

@@ -96,6 +96,7 @@ impl Setup {
             scope: check::Scope::Full,
             progress: &syn2mas::progress::Progress::hidden(),
             report: None,
+            other_sessions: false,
         })
         .await
         .unwrap_or_else(|e| panic!("check failed: {e:#}"))

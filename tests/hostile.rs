@@ -942,7 +942,8 @@ fn start_paused(
 }
 
 /// A Synapse that still writes holds locks on its tables: a real migration fails fast and says
-/// why; a dry-run (which must be safe next to a running Synapse) goes through.
+/// why (its session first; with `--allow-other-sessions`, the lock it holds); a dry-run (which
+/// must be safe next to a running Synapse) goes through.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_synapse_that_still_writes_stops_migrate_but_not_dry_run() {
     let env = Env::new().await;
@@ -955,6 +956,14 @@ async fn a_synapse_that_still_writes_stops_migrate_but_not_dry_run() {
         .unwrap();
 
     let out = env.run(&["migrate", "--allow-warnings"]);
+    out.expect(
+        1,
+        "Refusing to migrate: 1 other session(s) are connected to Synapse's database",
+    )
+    .expect(1, "idle in transaction");
+    env.assert_untouched("Synapse still connected").await;
+
+    let out = env.run(&["migrate", "--allow-warnings", "--allow-other-sessions"]);
     out.expect(1, "Synapse's table `users` is in use by another session (is Synapse still running?). Stop Synapse and its workers before `syn2mas migrate`; `--dry-run` can run next to it.")
         .expect(1, "the migration failed; MAS was left exactly as it was before the run");
     assert!(out.took < Duration::from_secs(20), "took {:?}", out.took);
@@ -1110,6 +1119,8 @@ async fn server_names_and_provider_ids_are_data_not_sql() {
     )
     .await
     .unwrap();
+    // Closed before syn2mas runs: an open session on Synapse's database is a running Synapse.
+    drop(db);
     let out = env.run(&["check", "--json"]);
     out.expect(10, "E-server-name");
     let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -1130,9 +1141,12 @@ async fn server_names_and_provider_ids_are_data_not_sql() {
         .expect(10, "Refusing to migrate");
     env.assert_untouched("look-alike server").await;
 
-    db.execute("DELETE FROM users WHERE name = $1", &[&LOOKALIKE_USER])
-        .await
-        .unwrap();
+    env.synapse
+        .exec(&format!(
+            "DELETE FROM users WHERE name = '{}'",
+            LOOKALIKE_USER.replace('\'', "''")
+        ))
+        .await;
     env.run(&["check"]).expect(0, "");
     let out = env.run(&["migrate", "--seed", "1", "--json"]);
     out.expect(0, "");

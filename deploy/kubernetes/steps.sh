@@ -13,7 +13,10 @@
 #
 # Environment (all optional):
 #   SYN2MAS_STEPS           the steps to run, in order (default "check dry-run migrate verify";
-#                           "check dry-run" for a rehearsal while Synapse still runs)
+#                           "check dry-run" for a rehearsal while Synapse still runs; check
+#                           then warns W-synapse-sessions, so a rehearsal needs
+#                           SYN2MAS_ALLOW_WARNINGS=true, which never lets migrate run next to
+#                           a connected Synapse: that refusal is exit 1)
 #   SYN2MAS_ALLOW_WARNINGS  "true": warnings do not stop the sequence, and the migrate steps get
 #                           --allow-warnings (errors always stop it)
 #   SYN2MAS_ARGS            more arguments for every step, split on spaces

@@ -41,6 +41,9 @@ pub const SYNAPSE_NOT_SYNAPSE: &str = "E-synapse-not-synapse";
 pub const SYNAPSE_SCHEMA_OLD: &str = "E-synapse-schema-old";
 pub const SYNAPSE_ENCODING: &str = "E-synapse-encoding";
 
+// Synapse database: activity (`check` only; `migrate` has its own refusal).
+pub const SYNAPSE_SESSIONS: &str = "W-synapse-sessions";
+
 // Synapse database: data.
 pub const GUESTS: &str = "W-guests";
 pub const NON_EMAIL_THREEPIDS: &str = "W-non-email-threepids";

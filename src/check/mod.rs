@@ -45,6 +45,10 @@ pub struct CheckInputs<'a> {
     pub progress: &'a Progress,
     /// `--report DIR`: every skipped or refused row of the full scope's counting run.
     pub report: Option<Arc<crate::report::ReportDir>>,
+    /// Report other sessions on Synapse's database (`W-synapse-sessions`): `check` does;
+    /// `migrate`'s own checks do not, since `migrate` refuses them itself, governed by
+    /// `--allow-other-sessions` alone (not by `--allow-warnings`).
+    pub other_sessions: bool,
 }
 
 /// How much of Synapse's data `check` looks at.
@@ -132,6 +136,13 @@ async fn inspect(
     };
     report.findings.extend(mas_facts.findings);
     report.findings.extend(schema_findings);
+    if inputs.other_sessions {
+        let mut own = crate::source::activity::backend_pids(readers).await?;
+        own.extend(crate::source::activity::backend_pids(std::slice::from_ref(mas)).await?);
+        report
+            .findings
+            .extend(synapse_data::other_sessions(synapse, &own).await?);
+    }
     report.stage = stage(inputs, synapse, mas).await?;
     let Some((facts, counted)) = syn_facts else {
         return Ok(report);

@@ -5,6 +5,7 @@
 
 use super::ids;
 use super::report::{Finding, MAX_EXAMPLES};
+use crate::source::activity::{self, Found};
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
@@ -60,6 +61,39 @@ pub async fn provider_users(client: &Client, auth_provider: &str) -> Result<Vec<
         .await
         .context("listing users of an auth provider")?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// other sessions
+
+/// `W-synapse-sessions`: other sessions connected to Synapse's database (see
+/// `source::activity` for what counts). A warning, since Synapse may run during `check`; it
+/// tells the operator what `migrate` will refuse. `own` are `check`'s other sessions.
+pub async fn other_sessions(client: &Client, own: &[i32]) -> Result<Option<Finding>> {
+    let found = Found::split(activity::others(client, own).await?);
+    if found.counted.is_empty() {
+        return Ok(None);
+    }
+    let mut fix = "Nothing to do while Synapse is meant to run. Before `syn2mas migrate`, stop \
+         Synapse and all its workers: migrate refuses while such sessions are connected \
+         (--allow-other-sessions overrides that for sessions known not to write)."
+        .to_owned();
+    if !found.tools.is_empty() {
+        let tools: Vec<String> = found.tools.iter().map(ToString::to_string).collect();
+        fix.push_str(&format!(
+            " Operator tools, not counted: {}.",
+            tools.join("; ")
+        ));
+    }
+    Ok(Some(
+        Finding::new(
+            ids::SYNAPSE_SESSIONS,
+            "other sessions are connected to Synapse's database (is Synapse, or a worker, running?)",
+            found.counted.len() as u64,
+            fix,
+        )
+        .with_examples(found.counted.iter().map(ToString::to_string)),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ pub(crate) mod summary;
 use crate::sink::tables::Target;
 use crate::sink::{catalog, rebuild, shadow, writer};
 use crate::source;
+use crate::source::activity;
 use crate::source::snapshot::{self, LockMode};
 use crate::transform::{Ctx, Ids, Mode, Stats};
 
@@ -54,6 +55,10 @@ pub struct MigrateOptions {
     pub prestage: bool,
     /// `--no-stage`: the full migration even when a stage exists.
     pub no_stage: bool,
+    /// `--allow-other-sessions`: other sessions on Synapse's database are a warning, not a refusal.
+    pub allow_other_sessions: bool,
+    /// `--work-mem` / `--maintenance-work-mem`.
+    pub memory: crate::memory::Requested,
 }
 
 /// Backend pids of the MAS sessions a run opened, so a failed or interrupted run can stop them
@@ -142,6 +147,7 @@ pub async fn run(
     sessions.remember_users_oid(&main).await?;
     tracing::debug!(elapsed = ?started.elapsed(), "MAS checked and locked");
     let defs = catalog::read(&main).await?;
+    let memory = synapse_guard(synapse_db, &main, opts, sessions).await?;
     if !opts.no_stage && crate::stage::exists(&main).await? {
         use crate::stage::delta::{Purpose, Run};
         let run = Run {
@@ -166,7 +172,7 @@ pub async fn run(
     sessions.created.store(true, Ordering::SeqCst);
     pause_point("schema").await;
     let built = tokio::select! {
-        built = build(synapse_db, mas_db, mas, exact_plan, opts, progress, sessions, &defs) => built?,
+        built = build(synapse_db, mas_db, mas, exact_plan, opts, progress, sessions, &defs, memory) => built?,
         lost = lock_holder_lost(&main) => return Err(lost),
     };
     let Built {
@@ -232,7 +238,29 @@ pub async fn run(
         swap_seconds,
         total_seconds: started.elapsed().as_secs_f64(),
         leftovers_dropped: leftovers,
+        server_memory: Some(memory),
     })
+}
+
+/// Before Synapse is read: refuses while other sessions are connected to Synapse's database
+/// (a Synapse still running; not for a dry-run or a prestage, which may run next to it), and
+/// chooses the sessions' memory settings from both servers' own. On a connection of its own,
+/// before this run has any other session on Synapse or anything in MAS.
+async fn synapse_guard(
+    synapse_db: &ConnectOptions,
+    main: &Client,
+    opts: &MigrateOptions,
+    sessions: &Sessions,
+) -> anyhow::Result<crate::memory::Chosen> {
+    let synapse = synapse_db.connect("Synapse").await?;
+    if !opts.dry_run && !opts.prestage {
+        // The MAS sessions count as ours too, for a MAS that shares Synapse's database.
+        activity::refuse_other_sessions(&synapse, &sessions.pids(), opts.allow_other_sessions)
+            .await?;
+    }
+    (opts.memory)
+        .choose_for(&synapse, main, pipeline::READERS, opts.rebuild_sessions)
+        .await
 }
 
 /// What the load and rebuild produced, ready for the swap.
@@ -281,6 +309,7 @@ async fn build(
     progress: &Progress,
     sessions: &Sessions,
     defs: &catalog::Definitions,
+    memory: crate::memory::Chosen,
 ) -> anyhow::Result<Built> {
     let started = Instant::now();
 
@@ -312,10 +341,7 @@ async fn build(
         // Some reads hash-join millions of rows (owners of threepids and external ids, refresh
         // tokens); with PostgreSQL's default 4 MB they spill to disk in many batches. Only these
         // sessions, only this transaction.
-        client
-            .batch_execute("SET LOCAL work_mem = '256MB'")
-            .await
-            .context("configuring a Synapse read session")?;
+        crate::memory::set_local_work_mem(client, memory.synapse_work_mem).await?;
     }
     tracing::debug!(elapsed = ?started.elapsed(), "Synapse snapshot open");
     let estimated;
@@ -331,7 +357,7 @@ async fn build(
         .iter()
         .map(|t| (*t, plan.mas_rows.get(t.name()).copied().unwrap_or(0)))
         .collect();
-    let runner = rebuild::Runner::new(rebuild::schedule(defs, &mas_rows_plan));
+    let runner = rebuild::Runner::new(rebuild::schedule(defs, &mas_rows_plan), memory);
     let rebuild_bar = progress.bar("rebuild", runner.total_jobs() as u64, "jobs");
     let rebuild_tasks = spawn_rebuild(
         mas_db,
@@ -420,6 +446,7 @@ async fn start_counts(
 /// the shadow tables (`shadow::SESSIONS_LOCK`), so a run that started in between keeps its
 /// tables.
 pub async fn cleanup(mas_db: &ConnectOptions, sessions: &Sessions) -> anyhow::Result<Vec<String>> {
+    crate::test_hooks::pause("cleanup").await;
     if !sessions.locked.load(Ordering::SeqCst) {
         return Ok(Vec::new());
     }

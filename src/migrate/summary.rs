@@ -53,6 +53,10 @@ pub struct Summary {
     pub leftovers_dropped: Vec<String>,
     /// Differences between `check`'s plan and what was migrated (Synapse changed in between).
     pub plan_mismatches: Vec<String>,
+    /// `work_mem` / `maintenance_work_mem` each kind of session was given (a staged migration
+    /// rebuilds nothing and sets none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_memory: Option<crate::memory::Chosen>,
 }
 
 /// The per-entity summary, asserting that every row read was migrated or skipped.

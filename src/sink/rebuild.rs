@@ -201,6 +201,8 @@ fn resolve_attach_deps(s: &mut Schedule) {
 /// Shared state of the sessions working through a schedule.
 pub struct Runner {
     schedule: Schedule,
+    /// `work_mem` / `maintenance_work_mem` of each session.
+    memory: crate::memory::Chosen,
     state: Mutex<State>,
     notify: Notify,
 }
@@ -221,9 +223,10 @@ pub struct JobTiming {
 }
 
 impl Runner {
-    pub fn new(schedule: Schedule) -> Arc<Self> {
+    pub fn new(schedule: Schedule, memory: crate::memory::Chosen) -> Arc<Self> {
         Arc::new(Self {
             schedule,
+            memory,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
         })
@@ -293,11 +296,9 @@ impl Runner {
         client: Client,
         on_done: impl Fn(&str) + Send,
     ) -> anyhow::Result<()> {
+        crate::memory::set_rebuild_session(&client, &self.memory).await?;
         client
-            .batch_execute(
-                "SET maintenance_work_mem = '1GB'; SET work_mem = '256MB'; \
-                 SET max_parallel_maintenance_workers = 0; SET synchronous_commit = off",
-            )
+            .batch_execute("SET max_parallel_maintenance_workers = 0; SET synchronous_commit = off")
             .await
             .context("configuring a MAS rebuild session")?;
         loop {

@@ -7,6 +7,7 @@
 //! expensive statement of a migration. No read decides anything about a row: the rules are in
 //! `transform::rules`.
 
+pub mod activity;
 pub mod plan;
 pub mod reader;
 pub mod reads;

@@ -182,6 +182,7 @@ impl Run<'_> {
             swap_seconds,
             total_seconds: self.started.elapsed().as_secs_f64(),
             leftovers_dropped: self.leftovers,
+            server_memory: None,
         }))
     }
 

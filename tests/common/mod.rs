@@ -586,7 +586,17 @@ impl TestDb {
     }
 
     /// A new connection to this database (its connection task runs on the current runtime).
+    ///
+    /// A client kept open on a Synapse database while `migrate` runs is an "other session"
+    /// that makes it refuse (a running Synapse): drop it first, or use `exec`/`count`, which
+    /// close their connection before returning.
     pub async fn client(&self) -> tokio_postgres::Client {
+        self.connect().await.0
+    }
+
+    /// A new connection and its connection task, which ends once the client is dropped and
+    /// the connection closed.
+    async fn connect(&self) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
         let s = server();
         let mut config = tokio_postgres::Config::new();
         config
@@ -602,20 +612,23 @@ impl TestDb {
             .connect(tokio_postgres::NoTls)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {}: {}", self.name, pg_error(&e)));
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             // Ends with an error when the database is dropped WITH (FORCE); nothing to report.
             let _ = connection.await;
         });
-        client
+        (client, task)
     }
 
-    /// Run SQL (several statements allowed); panics with the database's error message.
+    /// Run SQL (several statements allowed); panics with the database's error message. The
+    /// connection is closed when it returns.
     pub async fn exec(&self, sql: &str) {
-        self.client()
-            .await
+        let (client, task) = self.connect().await;
+        client
             .batch_execute(sql)
             .await
             .unwrap_or_else(|e| panic!("SQL failed on {}: {}\n{sql}", self.name, pg_error(&e)));
+        drop(client);
+        let _ = task.await;
     }
 
     /// Load one more SQL file (path relative to the crate root) with psql.
@@ -625,15 +638,18 @@ impl TestDb {
         blocking(move || load_file(&name, &file).unwrap_or_else(|e| panic!("{e}"))).await
     }
 
-    /// `SELECT count(*) FROM <table>`.
+    /// `SELECT count(*) FROM <table>`. The connection is closed when it returns.
     pub async fn count(&self, table: &str) -> i64 {
         let sql = format!("SELECT count(*) FROM {table}");
-        self.client()
-            .await
+        let (client, task) = self.connect().await;
+        let n = client
             .query_one(&sql, &[])
             .await
             .unwrap_or_else(|e| panic!("{sql} on {}: {}", self.name, pg_error(&e)))
-            .get(0)
+            .get(0);
+        drop(client);
+        let _ = task.await;
+        n
     }
 
     /// What syn2mas left in this (MAS) database: its shadow schema (`schema syn2mas_shadow`)
