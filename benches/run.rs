@@ -296,6 +296,24 @@ impl Bench {
                 .await
                 .with_context(|| format!("churn: {sql}"))?;
         }
+        // `migrate` refuses while other sessions are connected to Synapse: wait until this one
+        // is gone.
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        drop(client);
+        let watcher = self.server.connect("postgres").await?;
+        for _ in 0..100 {
+            let gone = watcher
+                .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                .await?
+                .is_none();
+            if gone {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         Ok(rows)
     }
 
