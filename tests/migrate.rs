@@ -970,14 +970,18 @@ async fn the_catalogue_tells_text_indexes_from_uuid_ones() {
 /// partition (every session, token, refresh pair and skip).
 /// `check`'s plan is the migration's own transform run in counting mode; this holds it to what
 /// `migrate` then does, on the fixture with every edge case, on both schemas, with the
-/// devices/tokens join in one partition and split in four: every table's rows read, migrated
+/// devices/tokens join in one partition, split in four, and split again down to single rows
+/// (a budget of one byte): every table's rows read, migrated
 /// and skipped by each reason, and every MAS table's rows.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_plan_is_exactly_what_migrate_does() {
     for schema in schemas() {
-        for partitions in ["1", "4"] {
+        for (partitions, budget) in [("1", "4194304"), ("4", "4194304"), ("1", "1")] {
             let env = Env::new(schema).await;
-            let vars = [("SYN2MAS_TEST_PARTITIONS", partitions)];
+            let vars = [
+                ("SYN2MAS_TEST_PARTITIONS", partitions),
+                ("SYN2MAS_TEST_PARTITION_BYTES", budget),
+            ];
             let check = env.run_with_env(&["check", "--json"], &vars);
             assert_eq!(check.status.code(), Some(11), "{}", stderr(&check));
             let migrate = env.run_with_env(
@@ -998,7 +1002,7 @@ async fn the_plan_is_exactly_what_migrate_does() {
                 "{schema}: the fixture skips rows for many reasons"
             );
             let diff = common::plan_differences(&check, &migrate);
-            assert!(diff.is_empty(), "{schema}/{partitions}: {diff:#?}");
+            assert!(diff.is_empty(), "{schema}/{partitions}/{budget}: {diff:#?}");
         }
     }
 }
@@ -1154,20 +1158,33 @@ async fn an_unwritable_report_does_not_change_a_successful_migrations_outcome() 
     assert_ne!(env.counts().await, vec![0; 8]);
 }
 
+/// The join writes exactly the same rows however many partitions the rows are first split
+/// into, and however often a partition is split again because it exceeds a (lowered) byte
+/// budget: by user, then by device, down to one device's tokens mapped in runs of one row
+/// (budget 1).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_partitioned_join_writes_the_same_rows_whatever_the_partition_count() {
     for schema in schemas() {
         let mut reference = None;
-        for parts in ["1", "4", "64"] {
+        for (parts, budget) in [
+            ("1", "4194304"),
+            ("4", "4194304"),
+            ("64", "4194304"),
+            ("1", "600"),
+            ("1", "1"),
+        ] {
             let env = Env::new(schema).await;
             let out = env.run_with_env(
                 &["migrate", "--allow-warnings", "--seed", "1", "--json"],
-                &[("SYN2MAS_TEST_PARTITIONS", parts)],
+                &[
+                    ("SYN2MAS_TEST_PARTITIONS", parts),
+                    ("SYN2MAS_TEST_PARTITION_BYTES", budget),
+                ],
             );
             assert_eq!(
                 out.status.code(),
                 Some(0),
-                "{schema:?}, {parts} partitions:\n{}",
+                "{schema:?}, {parts} partitions of {budget} bytes:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
             let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -1183,8 +1200,8 @@ async fn the_partitioned_join_writes_the_same_rows_whatever_the_partition_count(
             match &reference {
                 None => reference = Some((counts, rows)),
                 Some((c, r)) => {
-                    assert_eq!(&counts, c, "{schema:?}, {parts} partitions: counts");
-                    assert_eq!(&rows, r, "{schema:?}, {parts} partitions: rows");
+                    assert_eq!(&counts, c, "{schema:?}, {parts}/{budget}: counts");
+                    assert_eq!(&rows, r, "{schema:?}, {parts}/{budget}: rows");
                 }
             }
         }
@@ -1222,12 +1239,14 @@ ALTER TABLE access_tokens SET (autovacuum_enabled = false);
 ALTER TABLE refresh_tokens SET (autovacuum_enabled = false);
 INSERT INTO users (name, password_hash, creation_ts, admin, is_guest, appservice_id, deactivated, locked)
   SELECT '@m' || i || ':example.com', NULL, 1600000000 + i, 0, 0, NULL, 0, false
-    FROM generate_series(1, 3000) i
-  UNION ALL SELECT '@bot:example.com', NULL, 1600000000, 0, 0, NULL, 0, false;
+    FROM generate_series(1, 3000) i;
+INSERT INTO users (name, password_hash, creation_ts, admin, is_guest, appservice_id, deactivated, locked)
+  VALUES ('@bot:example.com', NULL, 1600000000, 0, 0, NULL, 0, false);
 INSERT INTO devices (user_id, device_id, display_name, last_seen, ip, user_agent, hidden)
   SELECT '@m' || i || ':example.com', 'DEV' || i, 'phone', 1700000000000 + i, '10.0.0.1', 'agent', false
-    FROM generate_series(1, 3000) i
-  UNION ALL SELECT '@bot:example.com', 'BOT' || i, NULL, 1700000000000 + i, NULL, NULL, false
+    FROM generate_series(1, 3000) i;
+INSERT INTO devices (user_id, device_id, display_name, last_seen, ip, user_agent, hidden)
+  SELECT '@bot:example.com', 'BOT' || i, NULL, 1700000000000 + i, NULL, NULL, false
     FROM generate_series(1, 2000) i;
 INSERT INTO refresh_tokens (id, user_id, device_id, token, next_token_id, expiry_ts, ultimate_session_expiry_ts)
   SELECT 5000000 + i, '@bot:example.com', 'BOT' || (i % 2000 + 1), 'syr_bot_' || i,
@@ -1236,20 +1255,25 @@ INSERT INTO refresh_tokens (id, user_id, device_id, token, next_token_id, expiry
 INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
   SELECT 1000000 + i, '@m' || (i % 3000 + 1) || ':example.com', 'DEV' || (i % 3000 + 1), 'syt_m_' || i,
          NULL, NULL, 1700000000000 + i, NULL, true
-    FROM generate_series(1, 6000) i
-  UNION ALL SELECT 2000000 + i, '@bot:example.com', 'BOT' || (i % 2000 + 1), 'syt_bot_' || i,
+    FROM generate_series(1, 6000) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+  SELECT 2000000 + i, '@bot:example.com', 'BOT' || (i % 2000 + 1), 'syt_bot_' || i,
          NULL, NULL, 1700000000000 + i % 977, NULL, true
-    FROM generate_series(1, 10000) i
-  UNION ALL SELECT 3000000 + i, '@bot:example.com', 'BOT1', 'syt_one_' || i,
+    FROM generate_series(1, 10000) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+  SELECT 3000000 + i, '@bot:example.com', 'BOT1', 'syt_one_' || i,
          1800000000000, NULL, 1700000000000 + (i * 7919) % 100003, NULL, true
-    FROM generate_series(1, {ONE_DEVICE_TOKENS}) i
-  UNION ALL SELECT 4000000 + i, '@bot:example.com', NULL, 'syt_nodev_' || i,
+    FROM generate_series(1, {ONE_DEVICE_TOKENS}) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+  SELECT 4000000 + i, '@bot:example.com', NULL, 'syt_nodev_' || i,
          NULL, NULL, 1700000000000 + i, NULL, true
-    FROM generate_series(1, 5000) i
-  UNION ALL SELECT 6000000 + i, '@bot:example.com', 'BOT' || (i % 2000 + 1), 'syt_rt_' || i,
+    FROM generate_series(1, 5000) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+  SELECT 6000000 + i, '@bot:example.com', 'BOT' || (i % 2000 + 1), 'syt_rt_' || i,
          NULL, NULL, 1700000000000 + i, 5000000 + i, i % 3 = 0
-    FROM generate_series(1, 4000) i
-  UNION ALL SELECT 7000000 + i, '@bot:example.com', 'GONE' || i, 'syt_gone_' || i,
+    FROM generate_series(1, 4000) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+  SELECT 7000000 + i, '@bot:example.com', 'GONE' || i, 'syt_gone_' || i,
          NULL, NULL, 1700000000000 + i, NULL, true
     FROM generate_series(1, 50) i;
 "
@@ -1274,11 +1298,12 @@ fn statistics_cleared() -> String {
     )
 }
 
-/// A run's output and its peak resident memory (KiB): the child is reaped with `wait4`, whose
-/// `ru_maxrss` is that process's own high-water mark (not the test process's other children).
+/// A run's output and its peak resident memory (KiB): the child's `VmHWM` (the high-water mark
+/// of its own address space since `exec`), read from `/proc` every 10 ms until it exits. Not
+/// `wait4`'s `ru_maxrss`: Linux carries the parent's high-water mark across `fork`/`exec` into
+/// it, so it reports this test process's size whenever that is larger.
 fn run_measured(mut cmd: Command) -> (Output, u64) {
     use std::io::Read;
-    use std::os::unix::process::ExitStatusExt;
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1293,18 +1318,29 @@ fn run_measured(mut cmd: Command) -> (Output, u64) {
     };
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
-    let mut status = 0;
-    // SAFETY: `rusage` is plain data that wait4 fills; the pid is our own unreaped child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(reaped, pid, "{}", std::io::Error::last_os_error());
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(kib) = std::fs::read_to_string(&status_file)
+            .ok()
+            .as_deref()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(peak_kib > 0, "no VmHWM read from {status_file}");
     let output = Output {
-        status: std::process::ExitStatus::from_raw(status),
+        status,
         stdout: out.join().unwrap(),
         stderr: err.join().unwrap(),
     };
-    (output, usage.ru_maxrss as u64)
+    (output, peak_kib)
 }
 
 /// A number logged as `name=<n>` in a `-v` run's stderr.
@@ -1349,6 +1385,7 @@ async fn without_statistics_and_with_one_huge_user_the_join_stays_within_its_bud
     let (with_stats, no_stats) = (&runs[0], &runs[1]);
     // Peak RSS first: it is what fails when the join holds everything at once.
     for (what, (_, _, peak_kib)) in [("with statistics", with_stats), ("without", no_stats)] {
+        eprintln!("{what}: peak RSS {} MiB", peak_kib >> 10);
         assert!(
             *peak_kib < MAX_RSS_KIB,
             "{what}: peak RSS {} MiB, over {} MiB",
