@@ -267,14 +267,14 @@ async fn spill_read(
 /// What the join did, for the debug log (and the tests' memory bound): partitions joined,
 /// splits, partitions mapped in runs, and the most bytes of raw tuples one job held.
 #[derive(Debug, Default)]
-struct Held {
+struct JoinFigures {
     partitions: u64,
     splits: u64,
     in_runs: u64,
     largest: u64,
 }
 
-impl Held {
+impl JoinFigures {
     fn holds(&mut self, bytes: usize) {
         self.largest = self.largest.max(bytes as u64);
     }
@@ -289,12 +289,12 @@ async fn run_partitions(
     budget: u64,
     senders: &Senders,
     bar: &indicatif::ProgressBar,
-) -> anyhow::Result<(Stats, Held)> {
+) -> anyhow::Result<(Stats, JoinFigures)> {
     let (job_tx, job_rx) = mpsc::channel::<Job>(IN_FLIGHT);
     let ctx = ctx.clone();
     let split_bar = bar.clone();
     let dispatch = async move {
-        let mut held = Held::default();
+        let mut held = JoinFigures::default();
         let mut queue: std::collections::VecDeque<_> = partitions.into();
         while let Some(p) = queue.pop_front() {
             let going = match p.next(budget) {
@@ -327,7 +327,7 @@ async fn run_partitions(
                 break;
             }
         }
-        Ok::<Held, anyhow::Error>(held)
+        Ok::<JoinFigures, anyhow::Error>(held)
     };
     let (held, stats) = tokio::try_join!(dispatch, forward(job_rx, senders, bar))?;
     Ok((stats, held))
@@ -349,7 +349,7 @@ async fn in_runs(
     p: spill::Partition,
     budget: u64,
     jobs: &mpsc::Sender<Job>,
-    held: &mut Held,
+    held: &mut JoinFigures,
 ) -> anyhow::Result<bool> {
     let budget = usize::try_from(budget).unwrap_or(usize::MAX);
     let (rows, mut tokens) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {

@@ -23,7 +23,8 @@
 //!
 //! No rule of the mapping looks across two devices of one user (`transform::sessions` says
 //! which rows each rule needs), which is what makes step 2 exact. So every partition the join
-//! holds is at most the budget, plus, in step 3, one owner row and one device row.
+//! holds is at most the budget, plus, in step 3, one owner row and one device row; the one
+//! exception is a single row larger than the budget on its own, which is held alone.
 //!
 //! The files are anonymous (`tempfile::tempfile_in`): nothing is left behind when the process
 //! ends, however it ends. They live in `TMPDIR`; see [`tmpfs_warning`].
@@ -441,24 +442,20 @@ impl Tuples {
         Ok(())
     }
 
-    /// Reads up to `max` buffered bytes, or one read more when a single tuple is larger.
+    /// Reads until `max` bytes are buffered, or 4 KiB more when a single tuple is larger: a
+    /// run never exceeds `max` unless one tuple does.
     fn fill(&mut self, max: usize) -> Result<(), SpillError> {
-        let old = self.buf.len();
-        let want = max.saturating_sub(old).max(4 << 10);
-        self.buf.resize(old + want, 0);
-        let mut got = 0;
-        while got < want {
-            match self.file.read(&mut self.buf[old + got..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_error(&std::env::temp_dir(), e)),
-            }
+        let want = match max.checked_sub(self.buf.len()) {
+            Some(room) if room > 0 => room,
+            _ => 4 << 10,
+        };
+        let got = (&mut self.file)
+            .take(want as u64)
+            .read_to_end(&mut self.buf)
+            .map_err(|e| io_error(&std::env::temp_dir(), e))?;
+        if got < want {
+            self.eof = true;
         }
-        self.buf.truncate(old + got);
         Ok(())
     }
 }
@@ -672,7 +669,7 @@ mod tests {
         assert_eq!(Token::COLUMNS[TOKEN_ID].0, "id");
         assert_eq!(Token::COLUMNS[TOKEN_DEVICE_ID].0, "device_id");
         assert_eq!(Token::COLUMNS[TOKEN_RT_ID].0, "rt_id");
-        assert!(KEY_FIELDS <= Token::FIELDS);
+        const { assert!(KEY_FIELDS <= Token::FIELDS) };
     }
 
     #[test]
