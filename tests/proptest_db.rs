@@ -853,8 +853,11 @@ async fn property(case: Case) -> Result<(), TestCaseError> {
             .args(args)
             .env("SYN2MAS_TEST_NOW_MS", "1767225600000")
             // Split the devices/tokens join as a large database would be split, so that rows
-            // of different users land in different partitions.
+            // of different users land in different partitions, and split again any partition
+            // over 512 bytes (by user, then by device, then one device's tokens in runs), so
+            // the oracle also holds the re-partitioning to what Synapse's rows mean.
             .env("SYN2MAS_TEST_PARTITIONS", "4")
+            .env("SYN2MAS_TEST_PARTITION_BYTES", "512")
             .env_remove("SYN2MAS_TEST_PAUSE");
         if case.ignore_missing_auth_providers {
             c.arg("--ignore-missing-auth-providers");
