@@ -848,7 +848,7 @@ async fn property(case: Case) -> Result<(), TestCaseError> {
     // by user, then by device, then one device's tokens in runs of one; the other whole), so
     // the comparison of the plan with what `migrate` did below also holds the re-partitioning
     // to the unsplit join.
-    let (check_budget, migrate_budget) = if case.access_tokens.len() % 2 == 0 {
+    let (check_budget, migrate_budget) = if case.access_tokens.len().is_multiple_of(2) {
         ("4194304", "1")
     } else {
         ("1", "4194304")
