@@ -67,6 +67,11 @@ struct Args {
     /// changed in Synapse, and the window's staged `migrate` (e.g. `--staged 0.1,1,10`)
     #[arg(long, value_delimiter = ',')]
     staged: Vec<f64>,
+    /// After `migrate`, clear the statistics of the devices/tokens tables (`reltuples = -1`,
+    /// no `pg_statistic` rows, as on a restored dump nobody analysed), run `migrate` again on a
+    /// recreated MAS database, then `ANALYZE` them back (needs a superuser)
+    #[arg(long)]
+    no_stats: bool,
     /// Internal: generate this many users and print the report as JSON on stdout (the runner
     /// runs generation as its own child process so that it is measured like the others)
     #[arg(long, hide = true, value_name = "N")]
@@ -219,6 +224,9 @@ impl Bench {
         if let Some(run) = &migrate {
             self.stage_lines(run, &mut s);
             self.repeat_migrate(&real, &mut s);
+            if self.args.no_stats {
+                self.migrate_without_statistics(&real, &mut s);
+            }
         }
         self.floor(migrate.is_some(), dry_run.is_some(), &mut s);
         for (i, pct) in self.args.staged.iter().enumerate() {
@@ -489,6 +497,46 @@ impl Bench {
         s.phases.push(phase);
     }
 
+    /// `migrate` once more with the session tables' statistics cleared, then restored.
+    fn migrate_without_statistics(&self, real: &[&str], s: &mut Section) {
+        let sql = |sql: String, name: &str, s: &mut Section| {
+            let mut phase = Phase::new(name);
+            let started = Instant::now();
+            let result = self.rt.block_on(async {
+                let client = self.server.connect(&self.args.db).await?;
+                client.batch_execute(&sql).await?;
+                anyhow::Ok(())
+            });
+            phase.wall_secs = Some(started.elapsed().as_secs_f64());
+            match result {
+                Ok(()) => {
+                    s.phases.push(phase);
+                    true
+                }
+                Err(e) => {
+                    fail(s, phase, "error", &format!("{e:#}"));
+                    false
+                }
+            }
+        };
+        let tables = ["users", "devices", "access_tokens", "refresh_tokens"];
+        let oids = format!(
+            "(SELECT to_regclass(t) FROM unnest(ARRAY['{}']) t)",
+            tables.join("', '")
+        );
+        let clear = format!(
+            "UPDATE pg_class SET reltuples = -1, relpages = 0 WHERE oid IN {oids}; \
+             DELETE FROM pg_statistic WHERE starelid IN {oids};"
+        );
+        if !sql(clear, "clear statistics (--no-stats)", s) {
+            return;
+        }
+        self.setup_mas("recreate MAS database", s);
+        self.child_phase("syn2mas migrate, no statistics", real, &[0], None, s);
+        let analyse = tables.map(|t| format!("ANALYZE {t};")).join(" ");
+        sql(analyse, "ANALYZE again", s);
+    }
+
     /// Per-stage lines from `migrate --json`, when it reports them.
     fn stage_lines(&self, run: &ChildRun, s: &mut Section) {
         for (name, secs, rows) in report::stage_timings(&run.stdout) {
@@ -531,6 +579,7 @@ impl Bench {
         for p in &mut s.phases {
             let is_migrate = is_migrate_run(p)
                 || p.name.starts_with("syn2mas migrate: median")
+                || p.name == "syn2mas migrate, no statistics"
                 || (dry_ran && p.name == "syn2mas migrate --dry-run");
             if is_migrate && total > 0.0 {
                 p.rows = Some(f.rows);

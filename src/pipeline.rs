@@ -182,8 +182,10 @@ async fn run_lane(
 
 /// Devices, access tokens and refresh tokens: the three unjoined reads stream at once on their
 /// sessions into partition files, then the partitions are joined and mapped on the transform
-/// workers (`transform::sessions`). The Synapse side is three plain scans; memory is a few
-/// partitions, whatever the number of users.
+/// workers (`transform::sessions`). The Synapse side is three plain scans. The first split is
+/// sized from the tables' size on disk; a partition that turns out larger than the budget is
+/// split again before it is loaded (`spill::Partition::next`), so memory is a few partitions
+/// of at most the budget, whatever the number of users, the statistics or the skew.
 async fn sessions_stage(
     readers: &[Client],
     ctx: &std::sync::Arc<Ctx>,
@@ -193,24 +195,47 @@ async fn sessions_stage(
 ) -> anyhow::Result<Outcome> {
     let start = Instant::now();
     let rows = stage_rows(plan, Query::Sessions) + stage_rows(plan, Query::Users);
-    let parts = crate::test_hooks::partitions().unwrap_or_else(|| spill::partitions_for(rows));
-    spill::make_room_for_files(parts * SessionRead::ALL.len())
+    let budget = spill::budget();
+    let first = readers
+        .first()
+        .context("no Synapse session for devices and tokens")?;
+    let on_disk = crate::source::plan::session_bytes(first).await?;
+    let fanout =
+        crate::test_hooks::partitions().unwrap_or_else(|| spill::fanout_for(on_disk, budget));
+    if let Some(warning) = spill::tmpfs_warning(&std::env::temp_dir()) {
+        progress.println(&warning);
+    }
+    spill::make_room_for_files(spill::OPEN_FILES.max(fanout * SessionRead::ALL.len() * 2))
         .context("raising the open-files limit for the partition files")?;
     let read_bar = progress.bar("devices and tokens: read", rows, "rows");
     let files = futures::future::try_join_all(SessionRead::ALL.into_iter().zip(readers).map(
-        |(read, client)| spill_read(client, read, ctx.only_users.as_deref(), parts, &read_bar),
+        |(read, client)| spill_read(client, read, ctx.only_users.as_deref(), fanout, &read_bar),
     ))
     .await?;
     read_bar.set_length(read_bar.position());
     read_bar.finish();
     crate::migrate::pause_point("spilled").await;
-    let mut streams: Vec<_> = files.into_iter().map(Vec::into_iter).collect();
-    let partitions: Vec<[std::fs::File; 3]> = (0..parts)
-        .filter_map(|_| Some([streams[0].next()?, streams[1].next()?, streams[2].next()?]))
-        .collect();
-    let bar = progress.bar(Query::Sessions.name(), parts as u64, "partitions");
-    let stats = run_partitions(ctx, partitions, &senders, &bar).await?;
+    let files: [Vec<spill::Spilled>; 3] = files
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("a devices/tokens read is missing"))?;
+    let partitions = spill::Partition::assemble(spill::Route::FIRST, 0, files);
+    let bar = progress.bar(
+        Query::Sessions.name(),
+        partitions.len() as u64,
+        "partitions",
+    );
+    let (stats, held) = run_partitions(ctx, partitions, budget, &senders, &bar).await?;
     bar.finish();
+    tracing::debug!(
+        on_disk,
+        first_split = fanout,
+        partitions = held.partitions,
+        splits = held.splits,
+        in_runs = held.in_runs,
+        largest_partition_bytes = held.largest,
+        budget,
+        "devices and tokens joined"
+    );
     let secs = start.elapsed().as_secs_f64();
     let seconds = Query::Sessions
         .entities()
@@ -220,19 +245,19 @@ async fn sessions_stage(
     Ok((stats, seconds))
 }
 
-/// Streams one unjoined read into `parts` partition files (written off the I/O thread).
+/// Streams one unjoined read into `fanout` partition files (written off the I/O thread).
 async fn spill_read(
     client: &Client,
     read: SessionRead,
     users: Option<&str>,
-    parts: usize,
+    fanout: usize,
     bar: &indicatif::ProgressBar,
-) -> anyhow::Result<Vec<std::fs::File>> {
+) -> anyhow::Result<Vec<spill::Spilled>> {
     let (sql, fields) = session_read(read, users);
     let (tx, mut rx) = mpsc::channel::<reader::Chunk>(2);
     let bar = bar.clone();
-    let spilling = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<std::fs::File>> {
-        let mut spill = spill::Spill::new(parts, fields)?;
+    let spilling = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<spill::Spilled>> {
+        let mut spill = spill::Spill::new(read, spill::Route::FIRST, fanout)?;
         while let Some(chunk) = rx.blocking_recv() {
             bar.inc(spill.add(&chunk.bytes)?);
         }
@@ -246,33 +271,132 @@ async fn spill_read(
     Ok(files)
 }
 
+/// What the join did, for the debug log (and the tests' memory bound): partitions joined,
+/// splits, partitions mapped in runs, and the most bytes of raw tuples one job held.
+#[derive(Debug, Default)]
+struct JoinFigures {
+    partitions: u64,
+    splits: u64,
+    in_runs: u64,
+    largest: u64,
+}
+
+impl JoinFigures {
+    fn holds(&mut self, bytes: usize) {
+        self.largest = self.largest.max(bytes as u64);
+    }
+}
+
 /// Joins and maps each partition on a transform worker, a few at a time, and forwards the
-/// results in order.
+/// results in order. A partition larger than `budget` is split first (off the I/O thread),
+/// and its parts take its place in the queue.
 async fn run_partitions(
     ctx: &std::sync::Arc<Ctx>,
-    partitions: Vec<[std::fs::File; 3]>,
+    partitions: Vec<spill::Partition>,
+    budget: u64,
     senders: &Senders,
     bar: &indicatif::ProgressBar,
-) -> anyhow::Result<Stats> {
+) -> anyhow::Result<(Stats, JoinFigures)> {
     let (job_tx, job_rx) = mpsc::channel::<Job>(IN_FLIGHT);
     let ctx = ctx.clone();
+    let split_bar = bar.clone();
     let dispatch = async move {
-        for files in partitions {
-            let ctx = ctx.clone();
-            if !spawn_job(&job_tx, 1, move || join_partition(&ctx, files)).await {
+        let mut held = JoinFigures::default();
+        let mut queue: std::collections::VecDeque<_> = partitions.into();
+        while let Some(p) = queue.pop_front() {
+            let going = match p.next(budget) {
+                spill::Next::Whole => {
+                    held.partitions += 1;
+                    held.holds(p.bytes() as usize);
+                    let ctx = ctx.clone();
+                    spawn_job(&job_tx, 1, move || join_partition(&ctx, p)).await
+                }
+                spill::Next::Split(route) => {
+                    held.splits += 1;
+                    let parts = tokio::task::spawn_blocking(move || p.split(route, budget))
+                        .await
+                        .context("splitting a partition of devices and tokens")??;
+                    // The split partition counts as one done; its parts are queued first.
+                    split_bar.inc_length(parts.len() as u64);
+                    split_bar.inc(1);
+                    for part in parts.into_iter().rev() {
+                        queue.push_front(part);
+                    }
+                    true
+                }
+                spill::Next::Runs => {
+                    held.partitions += 1;
+                    held.in_runs += 1;
+                    in_runs(&ctx, p, budget, &job_tx, &mut held).await?
+                }
+            };
+            if !going {
                 break;
             }
         }
-        Ok::<(), anyhow::Error>(())
+        Ok::<JoinFigures, anyhow::Error>(held)
     };
-    let ((), stats) = tokio::try_join!(dispatch, forward(job_rx, senders, bar))?;
-    Ok(stats)
+    let (held, stats) = tokio::try_join!(dispatch, forward(job_rx, senders, bar))?;
+    Ok((stats, held))
 }
 
-fn join_partition(ctx: &Ctx, files: [std::fs::File; 3]) -> anyhow::Result<transform::Batch> {
-    let [o, d, t] = files.map(spill::read_all);
-    let (o, d, t) = (o?, d?, t?);
+fn join_partition(ctx: &Ctx, p: spill::Partition) -> anyhow::Result<transform::Batch> {
+    let [o, d, t] = p
+        .load()
+        .context("reading a partition file of devices and tokens")?;
     transform::sessions::process_partition(ctx, [&o, &d, &t])
+}
+
+/// Maps a partition whose tokens alone exceed the budget (one device's): its owner and device
+/// rows are held, a first pass over its tokens gathers the session times, then the devices
+/// and each run of at most the rest of the budget are mapped as jobs of their own. `false`
+/// when the collector has stopped.
+async fn in_runs(
+    ctx: &std::sync::Arc<Ctx>,
+    p: spill::Partition,
+    budget: u64,
+    jobs: &mpsc::Sender<Job>,
+    held: &mut JoinFigures,
+) -> anyhow::Result<bool> {
+    let budget = usize::try_from(budget).unwrap_or(usize::MAX);
+    let (rows, mut tokens) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let ([owners, devices], mut tokens) = p
+            .into_runs()
+            .context("reading a partition file of devices and tokens")?;
+        let mut rows = transform::sessions::Held::new(owners, devices)?;
+        let run = budget.saturating_sub(rows.bytes());
+        while let Some(chunk) = tokens.next(run)? {
+            rows.add_times(chunk)?;
+        }
+        tokens.rewind()?;
+        Ok((rows, tokens))
+    })
+    .await
+    .context("gathering a device's session times")??;
+    let rows = std::sync::Arc::new(rows);
+    let run = budget.saturating_sub(rows.bytes());
+    held.holds(rows.bytes());
+    let job = (ctx.clone(), rows.clone());
+    if !spawn_job(jobs, 1, move || job.1.process_devices(&job.0)).await {
+        return Ok(false);
+    }
+    loop {
+        let (back, chunk) = tokio::task::spawn_blocking(move || {
+            let chunk = tokens.next(run).map(|c| c.map(<[u8]>::to_vec));
+            (tokens, chunk)
+        })
+        .await
+        .context("reading a run of tokens")?;
+        let Some(chunk) = chunk? else {
+            return Ok(true);
+        };
+        tokens = back;
+        held.holds(rows.bytes() + chunk.len());
+        let job = (ctx.clone(), rows.clone());
+        if !spawn_job(jobs, 0, move || job.1.process_tokens(&job.0, &chunk)).await {
+            return Ok(false);
+        }
+    }
 }
 
 /// Rows a stage's reads yield at most, from the plan (for the progress bar).

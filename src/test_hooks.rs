@@ -15,6 +15,9 @@ pub const PAUSE_SECS_ENV: &str = "SYN2MAS_TEST_PAUSE_SECS";
 pub const NOW_ENV: &str = "SYN2MAS_TEST_NOW_MS";
 /// Forces the number of partitions of the devices/tokens join (a power of two).
 pub const PARTITIONS_ENV: &str = "SYN2MAS_TEST_PARTITIONS";
+/// Lowers the bytes a partition of the devices/tokens join may hold (`spill::budget`), so a
+/// small database is split (by user, then by device, then mapped in runs) as a huge one is.
+pub const PARTITION_BYTES_ENV: &str = "SYN2MAS_TEST_PARTITION_BYTES";
 
 /// Waits at `point` when the tests ask for it (`SYN2MAS_TEST_PAUSE` names it, alone or in a
 /// comma-separated list); nothing otherwise.
@@ -40,6 +43,11 @@ pub fn now_ms() -> Option<i64> {
 /// The partition count the tests ask for (a power of two).
 pub fn partitions() -> Option<usize> {
     number::<usize>(PARTITIONS_ENV).filter(|p| p.is_power_of_two())
+}
+
+/// The per-partition byte budget the tests ask for.
+pub fn partition_bytes() -> Option<u64> {
+    number::<u64>(PARTITION_BYTES_ENV).filter(|b| *b > 0)
 }
 
 fn number<T: std::str::FromStr>(name: &str) -> Option<T> {

@@ -1095,14 +1095,18 @@ async fn the_catalogue_tells_text_indexes_from_uuid_ones() {
 /// partition (every session, token, refresh pair and skip).
 /// `check`'s plan is the migration's own transform run in counting mode; this holds it to what
 /// `migrate` then does, on the fixture with every edge case, on both schemas, with the
-/// devices/tokens join in one partition and split in four: every table's rows read, migrated
+/// devices/tokens join in one partition, split in four, and split again down to single rows
+/// (a budget of one byte): every table's rows read, migrated
 /// and skipped by each reason, and every MAS table's rows.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_plan_is_exactly_what_migrate_does() {
     for schema in schemas() {
-        for partitions in ["1", "4"] {
+        for (partitions, budget) in [("1", "4194304"), ("4", "4194304"), ("1", "1")] {
             let env = Env::new(schema).await;
-            let vars = [("SYN2MAS_TEST_PARTITIONS", partitions)];
+            let vars = [
+                ("SYN2MAS_TEST_PARTITIONS", partitions),
+                ("SYN2MAS_TEST_PARTITION_BYTES", budget),
+            ];
             let check = env.run_with_env(&["check", "--json"], &vars);
             assert_eq!(check.status.code(), Some(11), "{}", stderr(&check));
             let migrate = env.run_with_env(
@@ -1123,7 +1127,7 @@ async fn the_plan_is_exactly_what_migrate_does() {
                 "{schema}: the fixture skips rows for many reasons"
             );
             let diff = common::plan_differences(&check, &migrate);
-            assert!(diff.is_empty(), "{schema}/{partitions}: {diff:#?}");
+            assert!(diff.is_empty(), "{schema}/{partitions}/{budget}: {diff:#?}");
         }
     }
 }
@@ -1279,20 +1283,33 @@ async fn an_unwritable_report_does_not_change_a_successful_migrations_outcome() 
     assert_ne!(env.counts().await, vec![0; 8]);
 }
 
+/// The join writes exactly the same rows however many partitions the rows are first split
+/// into, and however often a partition is split again because it exceeds a (lowered) byte
+/// budget: by user, then by device, down to one device's tokens mapped in runs of one row
+/// (budget 1).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_partitioned_join_writes_the_same_rows_whatever_the_partition_count() {
     for schema in schemas() {
         let mut reference = None;
-        for parts in ["1", "4", "64"] {
+        for (parts, budget) in [
+            ("1", "4194304"),
+            ("4", "4194304"),
+            ("64", "4194304"),
+            ("1", "600"),
+            ("1", "1"),
+        ] {
             let env = Env::new(schema).await;
             let out = env.run_with_env(
                 &["migrate", "--allow-warnings", "--seed", "1", "--json"],
-                &[("SYN2MAS_TEST_PARTITIONS", parts)],
+                &[
+                    ("SYN2MAS_TEST_PARTITIONS", parts),
+                    ("SYN2MAS_TEST_PARTITION_BYTES", budget),
+                ],
             );
             assert_eq!(
                 out.status.code(),
                 Some(0),
-                "{schema:?}, {parts} partitions:\n{}",
+                "{schema:?}, {parts} partitions of {budget} bytes:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
             let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -1308,8 +1325,8 @@ async fn the_partitioned_join_writes_the_same_rows_whatever_the_partition_count(
             match &reference {
                 None => reference = Some((counts, rows)),
                 Some((c, r)) => {
-                    assert_eq!(&counts, c, "{schema:?}, {parts} partitions: counts");
-                    assert_eq!(&rows, r, "{schema:?}, {parts} partitions: rows");
+                    assert_eq!(&counts, c, "{schema:?}, {parts}/{budget}: counts");
+                    assert_eq!(&rows, r, "{schema:?}, {parts}/{budget}: rows");
                 }
             }
         }
@@ -1324,4 +1341,235 @@ fn entity_counts(doc: &serde_json::Value) -> Vec<[&serde_json::Value; 4]> {
         .iter()
         .map(|e| [&e["entity"], &e["read"], &e["migrated"], &e["skipped"]])
         .collect()
+}
+
+// ------------------------------------------------------------------------------------------------
+// Memory of the devices/tokens join: bounded by what is read, not by statistics or skew
+// ------------------------------------------------------------------------------------------------
+
+/// Tokens of the one device of `@bot` that has more of them than any partition may hold.
+const ONE_DEVICE_TOKENS: u32 = 200_000;
+
+/// A population on top of the fixture, deterministic (no `random()`): 3,000 ordinary users
+/// with a device and two tokens each, and `@bot`, who owns 2,000 devices with five tokens
+/// each, 4,000 refresh pairs (half of them refreshed), 5,000 tokens without a device, a few
+/// tokens of deleted devices, and one device with [`ONE_DEVICE_TOKENS`] tokens. Autovacuum is
+/// off on the tables, so their statistics stay as the test leaves them.
+fn skewed_population() -> String {
+    format!(
+        "
+ALTER TABLE users SET (autovacuum_enabled = false);
+ALTER TABLE devices SET (autovacuum_enabled = false);
+ALTER TABLE access_tokens SET (autovacuum_enabled = false);
+ALTER TABLE refresh_tokens SET (autovacuum_enabled = false);
+INSERT INTO users (name, password_hash, creation_ts, admin, is_guest, appservice_id, deactivated, locked)
+  SELECT '@m' || i || ':example.com', NULL, 1600000000 + i, 0, 0, NULL, 0, false
+    FROM generate_series(1, 3000) i;
+INSERT INTO users (name, password_hash, creation_ts, admin, is_guest, appservice_id, deactivated, locked)
+  VALUES ('@bot:example.com', NULL, 1600000000, 0, 0, NULL, 0, false);
+INSERT INTO devices (user_id, device_id, display_name, last_seen, ip, user_agent, hidden)
+  SELECT '@m' || i || ':example.com', 'DEV' || i, 'phone', 1700000000000 + i, '10.0.0.1', 'agent', false
+    FROM generate_series(1, 3000) i;
+INSERT INTO devices (user_id, device_id, display_name, last_seen, ip, user_agent, hidden)
+  SELECT '@bot:example.com', 'BOT' || i, NULL, 1700000000000 + i, NULL, NULL, false
+    FROM generate_series(1, 2000) i;
+INSERT INTO refresh_tokens (id, user_id, device_id, token, next_token_id, expiry_ts, ultimate_session_expiry_ts)
+  SELECT 5000000 + i, '@bot:example.com', 'BOT' || (i % 2000 + 1), 'syr_bot_' || i,
+         CASE WHEN i % 2 = 0 THEN 5000000 + i - 1 END, NULL, NULL
+    FROM generate_series(1, 4000) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+  SELECT 1000000 + i, '@m' || (i % 3000 + 1) || ':example.com', 'DEV' || (i % 3000 + 1), 'syt_m_' || i,
+         NULL, NULL, 1700000000000 + i, NULL, true
+    FROM generate_series(1, 6000) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+  SELECT 2000000 + i, '@bot:example.com', 'BOT' || (i % 2000 + 1), 'syt_bot_' || i,
+         NULL, NULL, 1700000000000 + i % 977, NULL, true
+    FROM generate_series(1, 10000) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+  SELECT 3000000 + i, '@bot:example.com', 'BOT1', 'syt_one_' || i,
+         1800000000000, NULL, 1700000000000 + (i * 7919) % 100003, NULL, true
+    FROM generate_series(1, {ONE_DEVICE_TOKENS}) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+  SELECT 4000000 + i, '@bot:example.com', NULL, 'syt_nodev_' || i,
+         NULL, NULL, 1700000000000 + i, NULL, true
+    FROM generate_series(1, 5000) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+  SELECT 6000000 + i, '@bot:example.com', 'BOT' || (i % 2000 + 1), 'syt_rt_' || i,
+         NULL, NULL, 1700000000000 + i, 5000000 + i, i % 3 = 0
+    FROM generate_series(1, 4000) i;
+INSERT INTO access_tokens (id, user_id, device_id, token, valid_until_ms, puppets_user_id, last_validated, refresh_token_id, used)
+  SELECT 7000000 + i, '@bot:example.com', 'GONE' || i, 'syt_gone_' || i,
+         NULL, NULL, 1700000000000 + i, NULL, true
+    FROM generate_series(1, 50) i;
+"
+    )
+}
+
+const SESSION_TABLES: &str = "'users', 'devices', 'access_tokens', 'refresh_tokens'";
+
+/// Statistics as PostgreSQL has them after `ANALYZE`.
+fn analysed() -> String {
+    "ANALYZE users; ANALYZE devices; ANALYZE access_tokens; ANALYZE refresh_tokens;".into()
+}
+
+/// No statistics at all, as on a restored dump nobody analysed: `reltuples = -1` and no
+/// column statistics (this needs the superuser the tests connect as).
+fn statistics_cleared() -> String {
+    format!(
+        "UPDATE pg_class SET reltuples = -1, relpages = 0 WHERE oid IN \
+           (SELECT to_regclass(t) FROM unnest(ARRAY[{SESSION_TABLES}]) t);
+         DELETE FROM pg_statistic WHERE starelid IN \
+           (SELECT to_regclass(t) FROM unnest(ARRAY[{SESSION_TABLES}]) t);"
+    )
+}
+
+/// A run's output and its peak resident memory (KiB): the child's `VmHWM` (the high-water mark
+/// of its own address space since `exec`), read from `/proc` every 10 ms until it exits. Not
+/// `wait4`'s `ru_maxrss`: Linux carries the parent's high-water mark across `fork`/`exec` into
+/// it, so it reports this test process's size whenever that is larger.
+fn run_measured(mut cmd: Command) -> (Output, u64) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run syn2mas");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            pipe.read_to_end(&mut buf).unwrap();
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(kib) = std::fs::read_to_string(&status_file)
+            .ok()
+            .as_deref()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(peak_kib > 0, "no VmHWM read from {status_file}");
+    let output = Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    (output, peak_kib)
+}
+
+/// A number logged as `name=<n>` in a `-v` run's stderr.
+fn logged(out: &Output, name: &str) -> u64 {
+    let text = stderr(out);
+    let key = format!("{name}=");
+    let at = text
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in the log:\n{text}"));
+    text[at + key.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not a number:\n{text}"))
+}
+
+/// The partition budget the memory tests lower the join to.
+const TEST_BUDGET: u64 = 256 << 10;
+
+/// The join's memory does not depend on PostgreSQL's statistics nor on one user owning most
+/// devices and tokens: with no statistics at all (`reltuples = -1`, the case that put every
+/// row in one partition), `migrate` writes exactly the rows it writes with fresh statistics,
+/// no partition it holds exceeds the budget (lowered here so that ~30 MiB of tokens must be
+/// split by user, then `@bot`'s by device, and its one huge device mapped in runs), and the
+/// process stays far below what holding those rows at once took (125 MiB with statistics).
+#[tokio::test(flavor = "multi_thread")]
+async fn without_statistics_and_with_one_huge_user_the_join_stays_within_its_budget() {
+    let schema = *schemas().last().unwrap();
+    let budget = TEST_BUDGET.to_string();
+    let mut runs = Vec::new();
+    for stats in [analysed(), statistics_cleared()] {
+        let synapse = TestDb::synapse(schema).await;
+        synapse.exec(&skewed_population()).await;
+        synapse.exec(&stats).await;
+        let env = Env::with(synapse, schema).await;
+        let mut cmd = env.command(&["-v", "migrate", "--allow-warnings", "--seed", "1", "--json"]);
+        cmd.env("SYN2MAS_TEST_PARTITION_BYTES", &budget);
+        let (out, peak_kib) = run_measured(cmd);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        runs.push((env.dump().await, out, peak_kib));
+    }
+    let (with_stats, no_stats) = (&runs[0], &runs[1]);
+    // Peak RSS first: it is what fails when the join holds everything at once.
+    for (what, (_, _, peak_kib)) in [("with statistics", with_stats), ("without", no_stats)] {
+        eprintln!("{what}: peak RSS {} MiB", peak_kib >> 10);
+        assert!(
+            *peak_kib < MAX_RSS_KIB,
+            "{what}: peak RSS {} MiB, over {} MiB",
+            peak_kib >> 10,
+            MAX_RSS_KIB >> 10
+        );
+    }
+    assert_eq!(
+        with_stats.0, no_stats.0,
+        "the MAS tables differ with and without statistics"
+    );
+    assert!(with_stats.0["compat_access_tokens"].len() > ONE_DEVICE_TOKENS as usize);
+    for (_, out, _) in &runs {
+        let largest = logged(out, "largest_partition_bytes");
+        assert!(largest > 0 && largest <= TEST_BUDGET, "{largest}");
+        assert!(logged(out, "splits") > 0, "{}", stderr(out));
+        assert!(logged(out, "in_runs") > 0, "{}", stderr(out));
+    }
+}
+
+/// The peak resident memory the memory test allows a debug build (KiB): measured 26–27 MiB with
+/// the join bounded, 125 MiB and more before (every row of `@bot` in one partition).
+const MAX_RSS_KIB: u64 = 64 << 10;
+
+/// With `TMPDIR` on a tmpfs, where partition files are memory, the run says so and names the
+/// fix; on disk it says nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tmpfs_temporary_directory_is_pointed_out() {
+    use syn2mas::source::spill::tmpfs_warning;
+    let shm = std::path::Path::new("/dev/shm");
+    if tmpfs_warning(shm).is_none() {
+        eprintln!("no tmpfs at /dev/shm here: nothing to test");
+        return;
+    }
+    let schema = *schemas().last().unwrap();
+    let env = Env::new(schema).await;
+    let check = env.run_with_env(&["check"], &[("TMPDIR", "/dev/shm")]);
+    let text = stderr(&check);
+    assert!(
+        text.contains("/dev/shm is a tmpfs")
+            && text.contains("Point TMPDIR at a directory on disk"),
+        "{text}"
+    );
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = env.run_with_env(
+        &["migrate", "--allow-warnings"],
+        &[("TMPDIR", disk.path().to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    if tmpfs_warning(disk.path()).is_none() {
+        assert!(!stderr(&out).contains("tmpfs"), "{}", stderr(&out));
+    }
+    let out = Env::new(schema)
+        .await
+        .run_with_env(&["migrate", "--allow-warnings"], &[("TMPDIR", "/dev/shm")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/dev/shm is a tmpfs"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -176,6 +176,18 @@ pub fn decode_rows<'a>(
 /// The length of the tuple at the start of `buf` and its first field (`None`: NULL), for
 /// routing whole tuples by a key without decoding the rest.
 pub fn tuple_key(buf: &[u8], fields: usize) -> Result<(usize, Option<&[u8]>), DecodeError> {
+    let mut key = [None];
+    let len = tuple_fields(buf, fields, &mut key)?;
+    Ok((len, key[0]))
+}
+
+/// The length of the tuple at the start of `buf`, and its first `out.len()` fields in `out`
+/// (`None`: NULL): what a router needs of a tuple, without decoding the rest.
+pub fn tuple_fields<'a>(
+    buf: &'a [u8],
+    fields: usize,
+    out: &mut [Option<&'a [u8]>],
+) -> Result<usize, DecodeError> {
     let n = read_i16(buf.get(..2).ok_or(DecodeError::Truncated)?);
     if n < 1 || n as usize != fields {
         return Err(DecodeError::FieldCount {
@@ -184,24 +196,24 @@ pub fn tuple_key(buf: &[u8], fields: usize) -> Result<(usize, Option<&[u8]>), De
         });
     }
     let mut pos = 2;
-    let mut key = None;
     for i in 0..fields {
         let len = read_i32(buf.get(pos..pos + 4).ok_or(DecodeError::Truncated)?);
         pos += 4;
-        if len == -1 {
-            continue;
-        }
-        if len < 0 {
+        let value = if len == -1 {
+            None
+        } else if len < 0 {
             return Err(DecodeError::BadLength(len));
+        } else {
+            let end = pos + len as usize;
+            let value = buf.get(pos..end).ok_or(DecodeError::Truncated)?;
+            pos = end;
+            Some(value)
+        };
+        if let Some(slot) = out.get_mut(i) {
+            *slot = value;
         }
-        let end = pos + len as usize;
-        let value = buf.get(pos..end).ok_or(DecodeError::Truncated)?;
-        if i == 0 {
-            key = Some(value);
-        }
-        pos = end;
     }
-    Ok((pos, key))
+    Ok(pos)
 }
 
 fn read_i16(b: &[u8]) -> i16 {

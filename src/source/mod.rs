@@ -89,7 +89,7 @@ impl Query {
 }
 
 /// The three unjoined reads of the devices/tokens stage, each partitioned by its first column
-/// (the user id).
+/// (the user id) and, for one user too large to hold, by device (`spill::Route`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionRead {
     Owners,
@@ -110,6 +110,16 @@ impl SessionRead {
             SessionRead::Owners => "users",
             SessionRead::Devices => "devices",
             SessionRead::Tokens => "access_tokens",
+        }
+    }
+
+    /// Columns per row (for the COPY codec and the partition files).
+    pub fn fields(self) -> usize {
+        use reads::Read;
+        match self {
+            SessionRead::Owners => reads::Owner::FIELDS,
+            SessionRead::Devices => reads::Device::FIELDS,
+            SessionRead::Tokens => reads::Token::FIELDS,
         }
     }
 }

@@ -94,3 +94,25 @@ pub async fn estimate(client: &Client) -> anyhow::Result<Plan> {
     }
     Ok(plan)
 }
+
+/// Bytes on disk of the tables the devices/tokens stage reads (`pg_relation_size`: the heap
+/// files' current size, never stale as `reltuples` can be, and about what their rows take
+/// once spilled). Sizes the first split of that stage; missing tables count as empty.
+pub async fn session_bytes(client: &Client) -> anyhow::Result<u64> {
+    let n: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(pg_relation_size(to_regclass(t))), 0)::int8 \
+             FROM unnest($1::text[]) AS t",
+            &[&[
+                Entity::Users.name(),
+                Entity::Devices.name(),
+                Entity::AccessTokens.name(),
+                Entity::RefreshTokens.name(),
+            ]
+            .as_slice()],
+        )
+        .await
+        .context("measuring Synapse's devices and tokens tables (pg_relation_size)")?
+        .get(0);
+    Ok(u64::try_from(n).unwrap_or(0))
+}

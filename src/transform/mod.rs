@@ -324,14 +324,17 @@ fn each_row<'a, R: Read<'a>>(
     Ok(())
 }
 
-/// Every row of a buffer of `R` tuples, decoded.
+/// Every row of a buffer of `R` tuples, decoded. One tuple's field slices at a time: the
+/// slices of a whole partition would take more memory than its bytes (16 per field), and the
+/// rows are counted first so that their vector is allocated once, at its size.
 fn decode_all<'a, R: Read<'a>>(bytes: &'a [u8], entity: Entity) -> anyhow::Result<Vec<R>> {
-    let mut slots = Vec::new();
-    let mut rows = Vec::new();
-    each_row(bytes, entity, &mut slots, |r| {
-        rows.push(r);
-        Ok(())
-    })?;
+    let mut slots = vec![None; R::FIELDS];
+    let mut rows = Vec::with_capacity(copy_binary::scan_tuples(bytes, R::FIELDS)?.rows);
+    let mut pos = 0;
+    while pos < bytes.len() {
+        pos += copy_binary::tuple_fields(&bytes[pos..], R::FIELDS, &mut slots)?;
+        rows.push(R::decode(&slots).map_err(|e| malformed(entity, &slots, e))?);
+    }
     Ok(rows)
 }
 

@@ -24,13 +24,24 @@ use crate::sink::tables::Target;
 use crate::source::Entity;
 use crate::source::reads::{Device, Owner, Token};
 
-/// A partition's rows, joined.
+/// A partition's rows, joined. Which rows each rule needs together (what lets
+/// `source::spill` split one user's rows by device):
+///
+/// - a device: its owner row, and the session times of the tokens naming it;
+/// - an access token (and its refresh token, which is on the same row): its owner row, and,
+///   when it names a device, that device's row and session times;
+/// - a refresh pair's consistency and whether it was superseded are columns of its own row
+///   (`Token::rt_user_id`, `rt_device_id`, `successor_used`), computed by the read;
+/// - a token without a device, or a refresh token no access token points at: its own row and
+///   its owner's.
+///
+/// Nothing looks across two devices of one user, and owner rows are only looked up.
 struct Partition<'a> {
     owners: HashMap<&'a str, Owner<'a>, Hasher>,
-    /// Devices by (user_id, device_id), Synapse's primary key.
-    devices: HashMap<(&'a str, &'a str), Device<'a>, Hasher>,
-    /// Session times by (user_id, device_id), from the tokens naming that device.
-    times: HashMap<(&'a str, &'a str), SessionTimes, Hasher>,
+    /// Devices by (user_id, device_id), Synapse's primary key, with the session times of the
+    /// tokens naming each (only an existing device's times are ever used: a token naming a
+    /// deleted device is skipped before its session is looked at).
+    devices: HashMap<(&'a str, &'a str), (Device<'a>, SessionTimes), Hasher>,
 }
 
 /// Joins one partition (the raw tuples of its owners, devices and tokens) and maps every row.
@@ -39,7 +50,8 @@ pub fn process_partition(ctx: &Ctx, parts: [&[u8]; 3]) -> anyhow::Result<Batch> 
     let owners: Vec<Owner<'_>> = decode_all(parts[0], Entity::Users)?;
     let devices: Vec<Device<'_>> = decode_all(parts[1], Entity::Devices)?;
     let tokens: Vec<Token<'_>> = decode_all(parts[2], Entity::AccessTokens)?;
-    let p = Partition::join(&owners, &devices, &tokens);
+    let mut p = Partition::join(&owners, &devices);
+    p.add_times(&tokens);
     let mut batch = Batch::new(ctx);
     for d in &devices {
         device(ctx, &p, d, &mut batch)?;
@@ -51,36 +63,125 @@ pub fn process_partition(ctx: &Ctx, parts: [&[u8]; 3]) -> anyhow::Result<Batch> 
     Ok(batch)
 }
 
+/// A partition too large to hold whole (one device with more tokens than the partition
+/// budget): its owner and device rows, held while its tokens are mapped in runs, and the
+/// session times of each device, gathered by a first pass over every run
+/// ([`Held::add_times`]) before any token is mapped.
+#[derive(Debug)]
+pub struct Held {
+    owners: Vec<u8>,
+    devices: Vec<u8>,
+    /// Session times per device row, in the order of `devices`.
+    times: Vec<SessionTimes>,
+}
+
+impl Held {
+    /// Holds the raw owner and device tuples of a partition.
+    pub fn new(owners: Vec<u8>, devices: Vec<u8>) -> anyhow::Result<Self> {
+        let n = decode_all::<Device<'_>>(&devices, Entity::Devices)?.len();
+        Ok(Self {
+            owners,
+            devices,
+            times: vec![SessionTimes::default(); n],
+        })
+    }
+
+    /// Bytes of raw tuples held.
+    pub fn bytes(&self) -> usize {
+        self.owners.len() + self.devices.len()
+    }
+
+    /// Counts one run of the partition's tokens into its devices' session times.
+    pub fn add_times(&mut self, tokens: &[u8]) -> anyhow::Result<()> {
+        let tokens: Vec<Token<'_>> = decode_all(tokens, Entity::AccessTokens)?;
+        let (owners, devices) = self.decode()?;
+        let mut p = Partition::join(&owners, &devices);
+        p.set_times(&devices, &self.times);
+        p.add_times(&tokens);
+        let times: Vec<SessionTimes> = devices
+            .iter()
+            .map(|d| p.devices[&(d.user_id, d.device_id)].1)
+            .collect();
+        self.times = times;
+        Ok(())
+    }
+
+    fn decode(&self) -> anyhow::Result<(Vec<Owner<'_>>, Vec<Device<'_>>)> {
+        Ok((
+            decode_all(&self.owners, Entity::Users)?,
+            decode_all(&self.devices, Entity::Devices)?,
+        ))
+    }
+
+    /// Maps the held devices (once, after every run went through [`Held::add_times`]).
+    pub fn process_devices(&self, ctx: &Ctx) -> anyhow::Result<Batch> {
+        let (owners, devices) = self.decode()?;
+        let mut p = Partition::join(&owners, &devices);
+        p.set_times(&devices, &self.times);
+        let mut batch = Batch::new(ctx);
+        for d in &devices {
+            device(ctx, &p, d, &mut batch)?;
+        }
+        batch.finish(ctx);
+        Ok(batch)
+    }
+
+    /// Maps one run of the partition's tokens.
+    pub fn process_tokens(&self, ctx: &Ctx, tokens: &[u8]) -> anyhow::Result<Batch> {
+        let tokens: Vec<Token<'_>> = decode_all(tokens, Entity::AccessTokens)?;
+        let (owners, devices) = self.decode()?;
+        let mut p = Partition::join(&owners, &devices);
+        p.set_times(&devices, &self.times);
+        let mut batch = Batch::new(ctx);
+        for t in &tokens {
+            token(ctx, &p, t, &mut batch)?;
+        }
+        batch.finish(ctx);
+        Ok(batch)
+    }
+}
+
 impl<'a> Partition<'a> {
-    fn join(owners: &[Owner<'a>], devices: &[Device<'a>], tokens: &[Token<'a>]) -> Self {
+    fn join(owners: &[Owner<'a>], devices: &[Device<'a>]) -> Self {
         let mut p = Partition {
             owners: HashMap::with_capacity_and_hasher(owners.len(), Hasher::default()),
             devices: HashMap::with_capacity_and_hasher(devices.len(), Hasher::default()),
-            times: HashMap::with_capacity_and_hasher(devices.len(), Hasher::default()),
         };
         // `users.name` is unique in Synapse: the first row of a name is its only one.
         for o in owners {
             p.owners.entry(o.name).or_insert(*o);
         }
         for d in devices {
-            p.devices.insert((d.user_id, d.device_id), *d);
-        }
-        for t in tokens.iter().filter(|t| t.id.is_some()) {
-            if let Some(device_id) = t.device_id {
-                p.times.entry((t.user_id, device_id)).or_default().add(
-                    t.puppet,
-                    t.plain,
-                    t.last_validated,
-                );
-            }
+            p.devices
+                .insert((d.user_id, d.device_id), (*d, SessionTimes::default()));
         }
         p
     }
 
+    /// Counts tokens into the session times of the devices they name.
+    fn add_times(&mut self, tokens: &[Token<'a>]) {
+        for t in tokens.iter().filter(|t| t.id.is_some()) {
+            if let Some(device_id) = t.device_id
+                && let Some((_, times)) = self.devices.get_mut(&(t.user_id, device_id))
+            {
+                times.add(t.puppet, t.plain, t.last_validated);
+            }
+        }
+    }
+
+    /// Session times gathered earlier, one per row of `devices`.
+    fn set_times(&mut self, devices: &[Device<'a>], times: &[SessionTimes]) {
+        for (d, t) in devices.iter().zip(times) {
+            if let Some((_, slot)) = self.devices.get_mut(&(d.user_id, d.device_id)) {
+                *slot = *t;
+            }
+        }
+    }
+
     fn session_ms(&self, user_id: &str, device_id: &str) -> Option<i64> {
-        self.times
+        self.devices
             .get(&(user_id, device_id))
-            .and_then(SessionTimes::session_ms)
+            .and_then(|(_, times)| times.session_ms())
     }
 }
 
@@ -199,7 +300,7 @@ fn token(ctx: &Ctx, p: &Partition<'_>, t: &Token<'_>, batch: &mut Batch) -> Resu
         None => TokenDevice::None,
         Some(d) => match p.devices.get(&(t.user_id, d)) {
             None => TokenDevice::Deleted,
-            Some(dev) => TokenDevice::Exists(rules::device_skip(dev.device_id, dev.hidden)),
+            Some((dev, _)) => TokenDevice::Exists(rules::device_skip(dev.device_id, dev.hidden)),
         },
     };
     let times = match token_times(t, state) {
