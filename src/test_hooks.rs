@@ -18,6 +18,8 @@ pub const PARTITIONS_ENV: &str = "SYN2MAS_TEST_PARTITIONS";
 /// Lowers the bytes a partition of the devices/tokens join may hold (`spill::budget`), so a
 /// small database is split (by user, then by device, then mapped in runs) as a huge one is.
 pub const PARTITION_BYTES_ENV: &str = "SYN2MAS_TEST_PARTITION_BYTES";
+/// Replaces the share of changed users (percent) above which a stage is not applied.
+pub const FULL_ABOVE_ENV: &str = "SYN2MAS_TEST_FULL_ABOVE";
 
 /// Waits at `point` when the tests ask for it (`SYN2MAS_TEST_PAUSE` names it, alone or in a
 /// comma-separated list); nothing otherwise.
@@ -55,4 +57,9 @@ fn number<T: std::str::FromStr>(name: &str) -> Option<T> {
         return None;
     }
     std::env::var(name).ok()?.parse().ok()
+}
+
+/// The share of changed users the tests ask a stage to be applied up to (percent).
+pub fn full_above() -> Option<u64> {
+    number(FULL_ABOVE_ENV)
 }

@@ -58,9 +58,12 @@ UPDATE users SET is_guest = 0, password_hash = '$2b$12$NmLaz82c.IMiK3/8mYweqeRBR
 /// MixedCase, 1001.
 const CHURNED_USERS: u64 = 11;
 
+/// Runs syn2mas with the fixed clock, applying a stage whatever share of users changed (on the
+/// fixture most of them do; `too_many_changes_fall_back_to_a_full_run` tests the default).
 fn run(env: &Env, args: &[&str]) -> Output {
     env.syn2mas(args)
         .env("SYN2MAS_TEST_NOW_MS", NOW_MS)
+        .env("SYN2MAS_TEST_FULL_ABOVE", "100")
         .output()
         .expect("run syn2mas")
 }
@@ -251,6 +254,54 @@ async fn a_second_prestage_refreshes_the_stage() {
     assert_eq!(dump(&env.mas).await, expected);
 }
 
+/// With most users changed (11 of the fixture's 13), or 2 of 14, applying the stage would cost more than a
+/// full run: the window migrates in full and says so, a refresh builds a new stage; both give
+/// what a full run gives.
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_changes_fall_back_to_a_full_run() {
+    let schema = Schema::Project;
+    let expected = full_run(schema).await;
+    let env = Env::of(TestDb::synapse(schema).await, TestDb::mas(schema).await);
+    let with_default = |args: &[&str]| {
+        env.syn2mas(args)
+            .env("SYN2MAS_TEST_NOW_MS", NOW_MS)
+            .output()
+            .unwrap()
+    };
+    ok(&with_default(&[
+        "prestage",
+        "--allow-warnings",
+        "--seed",
+        "1",
+    ]));
+    env.synapse.exec(CHURN).await;
+    let out = with_default(&["prestage", "--allow-warnings", "--seed", "1", "--json"]);
+    let doc = ok(&out);
+    assert!(doc["migrate"].get("staged").is_none(), "{}", doc["migrate"]);
+    assert!(
+        stderr(&out).contains("building a new stage instead"),
+        "{}",
+        stderr(&out)
+    );
+    env.synapse
+        .exec("UPDATE users SET locked = NOT locked WHERE name IN ('@alice:example.com', '@dave:example.com')")
+        .await;
+    env.synapse
+        .exec("UPDATE users SET locked = NOT locked WHERE name IN ('@alice:example.com', '@dave:example.com')")
+        .await;
+    let out = with_default(&["migrate", "--allow-warnings", "--seed", "1", "--json"]);
+    let doc = ok(&out);
+    assert!(doc["migrate"].get("staged").is_none(), "{}", doc["migrate"]);
+    assert!(
+        stderr(&out)
+            .contains("2 of the stage's 14 Synapse users (14.3 %) changed since its snapshot")
+            && stderr(&out).contains("migrating in full instead"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(dump(&env.mas).await, expected);
+}
+
 /// A dry run of the staged migration leaves MAS and the stage as they were; `--no-stage`
 /// migrates everything and leaves the stage alone; `stage drop` removes it.
 #[tokio::test(flavor = "multi_thread")]
@@ -396,6 +447,7 @@ fn kill_at(env: &Env, args: &[&str], point: &str) {
     let mut child = env
         .syn2mas(args)
         .env("SYN2MAS_TEST_NOW_MS", NOW_MS)
+        .env("SYN2MAS_TEST_FULL_ABOVE", "100")
         .env("SYN2MAS_TEST_PAUSE", point)
         .env("SYN2MAS_TEST_PAUSE_SECS", "600")
         .stdout(Stdio::null())
@@ -595,6 +647,7 @@ async fn prestage_with_writer(env: &Env, during: &[Op]) -> Result<(), TestCaseEr
     let mut child = env
         .syn2mas(&["prestage", "--allow-warnings", "--seed", "1"])
         .env("SYN2MAS_TEST_NOW_MS", NOW_MS)
+        .env("SYN2MAS_TEST_FULL_ABOVE", "100")
         .env("SYN2MAS_TEST_PAUSE", "after-users")
         .env("SYN2MAS_TEST_PAUSE_SECS", "1")
         .stdout(Stdio::null())

@@ -100,8 +100,23 @@ impl Run<'_> {
         crate::test_hooks::pause("delta-detect").await;
 
         let detect_start = Instant::now();
-        let changed = changed_users(&readers[0], main, &meta).await?;
+        let (changed, staged_users) = changed_users(&readers[0], main, &meta).await?;
         let detect_seconds = detect_start.elapsed().as_secs_f64();
+        if too_many(changed.len() as u64, staged_users) {
+            let share = 100.0 * changed.len() as f64 / staged_users.max(1) as f64;
+            let (what, instead) = match purpose {
+                Purpose::Window => (
+                    "applying them to the stage",
+                    "migrating in full instead (the stage is left as it is; `syn2mas stage drop` removes it)",
+                ),
+                Purpose::Refresh => ("refreshing the stage", "building a new stage instead"),
+            };
+            self.progress.println(&format!(
+                "{} of the stage's {staged_users} Synapse users ({share:.1} %) changed since its snapshot: {what} would take longer than a full run; {instead}.",
+                changed.len()
+            ));
+            return Ok(None);
+        }
         tracing::debug!(
             changed = changed.len(),
             detect_seconds,
@@ -238,6 +253,17 @@ fn parse_key(hex_key: &str) -> anyhow::Result<[u8; 16]> {
     Ok(key)
 }
 
+/// Above this share of the stage's users (percent), applying the changes costs more than a
+/// full run: at 1M users on this project's benchmark machine the window took 13 s with 0.65 %
+/// of the users changed and 36 s with 6.4 %, a full `migrate` 26 s (benches/RESULTS.md).
+const FULL_ABOVE_PERCENT: u64 = 4;
+
+/// Whether `changed` of `staged` users is too many to apply (see [`FULL_ABOVE_PERCENT`]).
+fn too_many(changed: u64, staged: u64) -> bool {
+    let limit = crate::test_hooks::full_above().unwrap_or(FULL_ABOVE_PERCENT);
+    changed * 100 > limit * staged.max(1)
+}
+
 /// One user's counts on one side of the merge.
 #[derive(Debug, PartialEq, Eq)]
 struct Counts {
@@ -256,14 +282,15 @@ impl Counts {
     }
 }
 
-/// The users whose rows changed since the stage (see the module doc), sorted: a merge of
-/// Synapse's per-user counts and xmin flags now with the stage's counts, both streamed in the
-/// same byte order, so memory is the list of changed users whatever the number of users.
+/// The users whose rows changed since the stage (see the module doc), sorted, and the number
+/// of users the stage holds: a merge of Synapse's per-user counts and xmin flags now with the
+/// stage's counts, both streamed in the same byte order, so memory is the list of changed users
+/// whatever the number of users.
 pub(super) async fn changed_users(
     synapse: &Client,
     mas: &Client,
     meta: &StageMeta,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<(Vec<String>, u64)> {
     let snapshot = super::Snapshot::parse(&meta.snapshot)?;
     let now = synapse
         .query_raw(
@@ -288,6 +315,7 @@ pub(super) async fn changed_users(
     let mut a = next(&mut now, true).await?;
     let mut b = next(&mut staged, false).await?;
     let mut changed = Vec::new();
+    let mut staged_users = u64::from(b.is_some());
     loop {
         match (a.take(), b.take()) {
             (None, None) => break,
@@ -298,6 +326,7 @@ pub(super) async fn changed_users(
             (None, Some(y)) => {
                 changed.push(y.user_id);
                 b = next(&mut staged, false).await?;
+                staged_users += u64::from(b.is_some());
             }
             (Some(x), Some(y)) => match x.user_id.as_bytes().cmp(y.user_id.as_bytes()) {
                 Cmp::Less => {
@@ -309,6 +338,7 @@ pub(super) async fn changed_users(
                     changed.push(y.user_id);
                     a = Some(x);
                     b = next(&mut staged, false).await?;
+                    staged_users += u64::from(b.is_some());
                 }
                 Cmp::Equal => {
                     if x.changed || x.rows != y.rows {
@@ -316,11 +346,12 @@ pub(super) async fn changed_users(
                     }
                     a = next(&mut now, true).await?;
                     b = next(&mut staged, false).await?;
+                    staged_users += u64::from(b.is_some());
                 }
             },
         }
     }
-    Ok(changed)
+    Ok((changed, staged_users))
 }
 
 async fn next(

@@ -620,7 +620,7 @@ pub async fn status(
     );
     let changed_users = match why {
         None if count_changed => {
-            Some(delta::changed_users(synapse, mas, &meta).await?.len() as u64)
+            Some(delta::changed_users(synapse, mas, &meta).await?.0.len() as u64)
         }
         _ => None,
     };
