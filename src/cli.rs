@@ -137,17 +137,16 @@ pub enum StageAction {
     Drop,
 }
 
+/// What `prestage` and `migrate` both take: one definition of each flag.
 #[derive(Debug, Args, Clone)]
-pub struct PrestageArgs {
-    /// Build a new stage even when the existing one could be refreshed with what changed since
-    #[arg(long)]
-    pub rebuild: bool,
-
-    /// Build the stage even when the checks found warnings (`migrate` will need it too)
+pub struct RunArgs {
+    /// Go on although the checks found warnings (errors always stop the run)
     #[arg(long)]
     pub allow_warnings: bool,
 
-    /// Run every `check` first, not only the preflight checks
+    /// Run every `check` (and its exact plan) first, not only the preflight checks; row-level
+    /// problems are then refused before anything starts instead of when the run reads the row
+    /// (costs ~15 s per million users)
     #[arg(long)]
     pub full_check: bool,
 
@@ -171,28 +170,20 @@ pub struct PrestageArgs {
 }
 
 #[derive(Debug, Args, Clone)]
+pub struct PrestageArgs {
+    /// Build a new stage even when the existing one could be refreshed with what changed since
+    #[arg(long)]
+    pub rebuild: bool,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args, Clone)]
 pub struct MigrateArgs {
     /// Run the whole migration, then roll it back: MAS is left exactly as it was (safe while Synapse runs)
     #[arg(long)]
     pub dry_run: bool,
-
-    /// Migrate even when the checks found warnings (errors always stop the migration)
-    #[arg(long)]
-    pub allow_warnings: bool,
-
-    /// Run every `check` (and its exact plan) before migrating, not only the preflight checks;
-    /// row-level problems are then refused before anything starts instead of when the
-    /// migration reads the row (costs ~15 s per million users)
-    #[arg(long)]
-    pub full_check: bool,
-
-    /// Derive every generated id from this seed instead of fresh randomness (reproducible runs, tests)
-    #[arg(long, value_name = "N")]
-    pub seed: Option<u64>,
-
-    /// Number of PostgreSQL sessions building indexes and constraints on MAS in parallel
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    pub rebuild_sessions: usize,
 
     /// Migrate everything even when a stage from `syn2mas prestage` exists (the stage is left as it is)
     #[arg(long)]
@@ -203,15 +194,8 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub allow_other_sessions: bool,
 
-    /// work_mem of each Synapse read session and MAS rebuild session, e.g. 64MB (default:
-    /// derived from each server's settings and the session counts; see the README)
-    #[arg(long, value_name = "SIZE", value_parser = crate::memory::parse_work_mem)]
-    pub work_mem: Option<crate::memory::MemSize>,
-
-    /// maintenance_work_mem of each MAS rebuild session, e.g. 512MB (default: derived from MAS's
-    /// server's settings and --rebuild-sessions; see the README)
-    #[arg(long, value_name = "SIZE", value_parser = crate::memory::parse_maintenance_work_mem)]
-    pub maintenance_work_mem: Option<crate::memory::MemSize>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 impl PrestageArgs {
@@ -219,15 +203,10 @@ impl PrestageArgs {
     pub fn as_migrate(&self) -> MigrateArgs {
         MigrateArgs {
             dry_run: false,
-            allow_warnings: self.allow_warnings,
-            full_check: self.full_check,
-            seed: self.seed,
-            rebuild_sessions: self.rebuild_sessions,
             no_stage: self.rebuild,
             // A prestage runs next to Synapse; it is never refused for its sessions.
             allow_other_sessions: false,
-            work_mem: self.work_mem,
-            maintenance_work_mem: self.maintenance_work_mem,
+            run: self.run.clone(),
         }
     }
 }

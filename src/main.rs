@@ -7,7 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use syn2mas::check::{self, CheckInputs, Report};
-use syn2mas::cli::{Cli, ColorChoice, Command, GlobalArgs, LogFormat, MigrateArgs, StageAction};
+use syn2mas::cli::{
+    Cli, ColorChoice, Command, GlobalArgs, LogFormat, MigrateArgs, RunArgs, StageAction,
+};
 use syn2mas::config::{self, MasConfig, SynapseConfig};
 use syn2mas::db::ConnectOptions;
 use syn2mas::exit;
@@ -181,14 +183,16 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
         cli.global.synapse_config = vec![configs.homeserver];
         cli.command = Command::Migrate(MigrateArgs {
             dry_run: false,
-            allow_warnings: true,
-            full_check: true,
-            seed: None,
-            rebuild_sessions: 2,
             no_stage: false,
             allow_other_sessions: false,
-            work_mem: None,
-            maintenance_work_mem: None,
+            run: RunArgs {
+                allow_warnings: true,
+                full_check: true,
+                seed: None,
+                rebuild_sessions: 2,
+                work_mem: None,
+                maintenance_work_mem: None,
+            },
         });
     }
     let g = &cli.global;
@@ -214,8 +218,8 @@ async fn run(mut cli: Cli) -> anyhow::Result<u8> {
         mas_db: &l.mas_db,
         ignore_missing_auth_providers: g.ignore_missing_auth_providers,
         scope: match &cli.command {
-            Command::Migrate(m) if !m.full_check => check::Scope::Preflight,
-            Command::Prestage(p) if !p.full_check => check::Scope::Preflight,
+            Command::Migrate(m) if !m.run.full_check => check::Scope::Preflight,
+            Command::Prestage(p) if !p.run.full_check => check::Scope::Preflight,
             _ => check::Scope::Full,
         },
         progress: &progress,
@@ -421,7 +425,7 @@ impl Run<'_> {
             self.summary(&report, serde_json::json!({ "refused": "check errors" }))?;
             return Ok(exit::CHECK_ERRORS);
         }
-        if !warnings.is_empty() && !args.allow_warnings {
+        if !warnings.is_empty() && !args.run.allow_warnings {
             say(
                 Level::Error,
                 &format!(
@@ -434,17 +438,17 @@ impl Run<'_> {
         }
         let opts = MigrateOptions {
             dry_run: args.dry_run,
-            allow_warnings: args.allow_warnings,
+            allow_warnings: args.run.allow_warnings,
             report: self.report_dir.clone(),
-            seed: args.seed,
-            rebuild_sessions: args.rebuild_sessions,
+            seed: args.run.seed,
+            rebuild_sessions: args.run.rebuild_sessions,
             ignore_missing_auth_providers: g.ignore_missing_auth_providers,
             prestage: self.prestage,
             no_stage: args.no_stage,
             allow_other_sessions: args.allow_other_sessions,
             memory: syn2mas::memory::Requested {
-                work_mem: args.work_mem,
-                maintenance_work_mem: args.maintenance_work_mem,
+                work_mem: args.run.work_mem,
+                maintenance_work_mem: args.run.maintenance_work_mem,
             },
         };
         let sessions = Sessions::default();

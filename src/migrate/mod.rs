@@ -191,13 +191,7 @@ pub async fn run(
     let swap_start = Instant::now();
     if let Some(facts) = stage_facts {
         let meta = crate::stage::StageMeta {
-            taken_at: facts.taken_at,
-            snapshot_xmin: facts.snapshot_xmin,
-            snapshot: facts.snapshot,
-            system_identifier: facts.system_identifier,
-            database_oid: facts.database_oid,
-            database_name: facts.database_name,
-            synapse_schema_version: facts.synapse_schema_version,
+            source: facts,
             mas_schema_version: crate::stage::mas_schema_version(&main).await?,
             mapping: crate::stage::mapping_digest(mas, opts.ignore_missing_auth_providers),
             id_key: hex(&ids_key),

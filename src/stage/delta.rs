@@ -153,9 +153,7 @@ impl Run<'_> {
         match counts {
             Some(counts) => {
                 let refreshed = StageMeta {
-                    taken_at: facts.taken_at,
-                    snapshot_xmin: facts.snapshot_xmin,
-                    snapshot: facts.snapshot,
+                    source: facts,
                     now_ms: ctx.now_ms,
                     ..meta.clone()
                 };
@@ -183,7 +181,7 @@ impl Run<'_> {
             dry_run: self.opts.dry_run,
             prestage: purpose == Purpose::Refresh,
             staged: Some(Staged {
-                stage_taken_at: meta.taken_at,
+                stage_taken_at: meta.source.taken_at,
                 changed_users: changed.len() as u64,
                 detect_seconds,
                 apply_seconds,
@@ -291,7 +289,7 @@ pub(super) async fn changed_users(
     mas: &Client,
     meta: &StageMeta,
 ) -> anyhow::Result<(Vec<String>, u64)> {
-    let snapshot = super::Snapshot::parse(&meta.snapshot)?;
+    let snapshot = super::Snapshot::parse(&meta.source.snapshot)?;
     let now = synapse
         .query_raw(
             &super::per_user_sql(Some(&snapshot)),

@@ -44,18 +44,9 @@ pub const MAX_AGE_XIDS: i64 = 1_000_000_000;
 /// the databases and configuration it runs with: the stage would not be what a full run makes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageMeta {
-    /// When the snapshot was taken (the Synapse server's clock, RFC 3339).
-    pub taken_at: String,
-    /// The snapshot's xmin (64-bit, `xid8`): how old the stage is, in transactions.
-    pub snapshot_xmin: i64,
-    /// The snapshot itself (`pg_current_snapshot()` as text, `xmin:xmax:xip,…`): a row version
-    /// is newer than the stage when its xmin was not yet visible to it.
-    pub snapshot: String,
-    /// Synapse's server (`pg_control_system()`; `None` where the role may not read it).
-    pub system_identifier: Option<String>,
-    pub database_oid: i64,
-    pub database_name: String,
-    pub synapse_schema_version: Option<i32>,
+    /// Synapse's side: the snapshot and the database it was taken of.
+    #[serde(flatten)]
+    pub source: SourceFacts,
     pub mas_schema_version: Option<i64>,
     /// A digest of the MAS configuration the mapping depends on (server name, providers and
     /// their `synapse_idp_id`, `--ignore-missing-auth-providers`).
@@ -67,11 +58,16 @@ pub struct StageMeta {
 }
 
 /// The Synapse side of [`StageMeta`], read in the snapshot.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceFacts {
+    /// When the snapshot was taken (the Synapse server's clock, RFC 3339).
     pub taken_at: String,
+    /// The snapshot's xmin (64-bit, `xid8`): how old the stage is, in transactions.
     pub snapshot_xmin: i64,
+    /// The snapshot itself (`pg_current_snapshot()` as text, `xmin:xmax:xip,…`): a row version
+    /// is newer than the stage when its xmin was not yet visible to it.
     pub snapshot: String,
+    /// Synapse's server (`pg_control_system()`; `None` where the role may not read it).
     pub system_identifier: Option<String>,
     pub database_oid: i64,
     pub database_name: String,
@@ -494,23 +490,28 @@ pub fn invalid_because(
     xmax_now: i64,
 ) -> Option<String> {
     let redo = "run `syn2mas prestage` again, or `syn2mas migrate --no-stage`";
-    if let (Some(a), Some(b)) = (&stage.system_identifier, &now.system_identifier)
+    if let (Some(a), Some(b)) = (&stage.source.system_identifier, &now.system_identifier)
         && a != b
     {
         return Some(format!(
             "the stage was built from another PostgreSQL server (system identifier {a}, now {b}); {redo}"
         ));
     }
-    if stage.database_oid != now.database_oid || stage.database_name != now.database_name {
+    if stage.source.database_oid != now.database_oid
+        || stage.source.database_name != now.database_name
+    {
         return Some(format!(
             "the stage was built from Synapse database `{}` (oid {}), not `{}` (oid {}); {redo}",
-            stage.database_name, stage.database_oid, now.database_name, now.database_oid
+            stage.source.database_name,
+            stage.source.database_oid,
+            now.database_name,
+            now.database_oid
         ));
     }
-    if stage.synapse_schema_version != now.synapse_schema_version {
+    if stage.source.synapse_schema_version != now.synapse_schema_version {
         return Some(format!(
             "Synapse's schema changed since the stage (version {:?}, now {:?}); {redo}",
-            stage.synapse_schema_version, now.synapse_schema_version
+            stage.source.synapse_schema_version, now.synapse_schema_version
         ));
     }
     if stage.mas_schema_version != mas_schema_version {
@@ -524,7 +525,7 @@ pub fn invalid_because(
             "the MAS configuration the mapping uses (server name, upstream providers, --ignore-missing-auth-providers) changed since the stage; {redo}"
         ));
     }
-    let age = xmax_now - stage.snapshot_xmin;
+    let age = xmax_now - stage.source.snapshot_xmin;
     if age > MAX_AGE_XIDS {
         return Some(format!(
             "the stage is {age} transactions old, too old to find what changed since it safely (at most {MAX_AGE_XIDS}); {redo}"
@@ -626,8 +627,8 @@ pub async fn status(
     };
     Ok(Status {
         exists: true,
-        taken_at: Some(meta.taken_at.clone()),
-        age_xids: Some(xmax - meta.snapshot_xmin),
+        taken_at: Some(meta.source.taken_at.clone()),
+        age_xids: Some(xmax - meta.source.snapshot_xmin),
         rows: rows(mas).await?.into_iter().collect(),
         valid: why.is_none(),
         invalid_because: why,
@@ -684,13 +685,12 @@ mod tests {
 
     fn meta() -> StageMeta {
         StageMeta {
-            taken_at: "2026-12-05T00:00:00Z".into(),
-            snapshot_xmin: 1000,
-            snapshot: "1000:1000:".into(),
-            system_identifier: Some("7".into()),
-            database_oid: 5,
-            database_name: "synapse".into(),
-            synapse_schema_version: Some(92),
+            source: SourceFacts {
+                taken_at: "2026-12-05T00:00:00Z".into(),
+                snapshot_xmin: 1000,
+                snapshot: "1000:1000:".into(),
+                ..facts()
+            },
             mas_schema_version: Some(20260720134722),
             mapping: "m".into(),
             id_key: "00".into(),
