@@ -404,38 +404,39 @@ async fn kills_leave_no_half_stage_and_no_half_swap() {
     ok(&run(&env, &["prestage", "--allow-warnings", "--seed", "1"]));
     env.synapse.exec(CHURN).await;
     let staged = env.mas.fingerprint(&["syn2mas_shadow"]).await;
-    for point in ["after-users", "rebuild", "stage-finish"] {
-        let args = ["prestage", "--allow-warnings", "--seed", "1", "--rebuild"];
-        kill_at(&env, &args, point);
-        assert_eq!(
-            env.mas.fingerprint(&["syn2mas_shadow"]).await,
-            staged,
-            "prestage --rebuild killed at {point}"
-        );
-    }
-    for point in ["delta-detect", "delta-applied"] {
-        kill_at(
-            &env,
-            &["prestage", "--allow-warnings", "--seed", "1"],
-            point,
-        );
-        assert_eq!(
-            env.mas.fingerprint(&["syn2mas_shadow"]).await,
-            staged,
-            "refresh killed at {point}"
-        );
+    for signal in [libc::SIGKILL, libc::SIGTERM] {
+        for point in ["after-users", "rebuild", "stage-finish"] {
+            let args = ["prestage", "--allow-warnings", "--seed", "1", "--rebuild"];
+            signal_at(&env, &args, point, signal);
+            assert_eq!(
+                env.mas.fingerprint(&["syn2mas_shadow"]).await,
+                staged,
+                "prestage --rebuild stopped by signal {signal} at {point}"
+            );
+        }
+        for point in ["delta-detect", "delta-applied"] {
+            let args = ["prestage", "--allow-warnings", "--seed", "1"];
+            signal_at(&env, &args, point, signal);
+            assert_eq!(
+                env.mas.fingerprint(&["syn2mas_shadow"]).await,
+                staged,
+                "refresh stopped by signal {signal} at {point}"
+            );
+        }
     }
 
     // A staged migrate killed after applying the changes inside its transaction: MAS and the
     // stage are as they were, and the next migrate applies the stage.
     let staged = env.mas.fingerprint(&["syn2mas_shadow"]).await;
-    for point in ["delta-detect", "delta-applied", "swap-moved"] {
-        kill_at(&env, &["migrate", "--allow-warnings"], point);
-        assert_eq!(
-            env.mas.fingerprint(&["syn2mas_shadow"]).await,
-            staged,
-            "killed at {point}"
-        );
+    for signal in [libc::SIGKILL, libc::SIGTERM] {
+        for point in ["delta-detect", "delta-applied", "swap-moved"] {
+            signal_at(&env, &["migrate", "--allow-warnings"], point, signal);
+            assert_eq!(
+                env.mas.fingerprint(&["syn2mas_shadow"]).await,
+                staged,
+                "stopped by signal {signal} at {point}"
+            );
+        }
     }
     let doc = ok(&run(&env, &["migrate", "--allow-warnings", "--json"]));
     assert_eq!(doc["migrate"]["staged"]["changed_users"], CHURNED_USERS);
@@ -444,6 +445,12 @@ async fn kills_leave_no_half_stage_and_no_half_swap() {
 
 /// Runs `args` until it pauses at `point`, then SIGKILLs it.
 fn kill_at(env: &Env, args: &[&str], point: &str) {
+    signal_at(env, args, point, libc::SIGKILL);
+}
+
+/// Runs `args` until it pauses at `point`, then sends it `signal`; after a SIGTERM the run must
+/// end as a stopped run does (exit 143).
+fn signal_at(env: &Env, args: &[&str], point: &str, signal: libc::c_int) {
     let mut child = env
         .syn2mas(args)
         .env("SYN2MAS_TEST_NOW_MS", NOW_MS)
@@ -459,8 +466,12 @@ fn kill_at(env: &Env, args: &[&str], point: &str) {
     for line in lines {
         let line = line.unwrap();
         if line.contains(&format!("paused at {point}")) {
-            child.kill().unwrap();
-            child.wait().unwrap();
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+            let status = child.wait().unwrap();
+            if signal == libc::SIGTERM {
+                assert_eq!(status.code(), Some(143), "SIGTERM at {point}");
+            }
             return;
         }
         seen.push(line);
@@ -621,6 +632,8 @@ struct ChurnCase {
     after: Vec<Op>,
     /// A second prestage (a refresh) and more changes after it.
     refresh: Option<Vec<Op>>,
+    /// On the genuine schemas (when the anchor dumps are there) instead of the project's.
+    genuine: bool,
 }
 
 fn churn_case() -> impl Strategy<Value = ChurnCase> {
@@ -628,11 +641,13 @@ fn churn_case() -> impl Strategy<Value = ChurnCase> {
         prop::collection::vec(op(), 0..6),
         prop::collection::vec(op(), 0..10),
         prop::option::of(prop::collection::vec(op(), 0..6)),
+        any::<bool>(),
     )
-        .prop_map(|(during, after, refresh)| ChurnCase {
+        .prop_map(|(during, after, refresh, genuine)| ChurnCase {
             during: numbered(during, 0),
             after: numbered(after, 100),
             refresh: refresh.map(|r| numbered(r, 200)),
+            genuine,
         })
 }
 
@@ -672,7 +687,10 @@ async fn prestage_with_writer(env: &Env, during: &[Op]) -> Result<(), TestCaseEr
 }
 
 async fn churn_property(case: ChurnCase) -> Result<(), TestCaseError> {
-    let schema = Schema::Project;
+    let schema = match schemas().as_slice() {
+        [.., last] if case.genuine => *last,
+        _ => Schema::Project,
+    };
     let env = Env::of(TestDb::synapse(schema).await, TestDb::mas(schema).await);
     env.synapse.exec(BASE).await;
     prestage_with_writer(&env, &case.during).await?;
