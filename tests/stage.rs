@@ -752,3 +752,30 @@ fn random_churn_staged_equals_full() {
         panic!("{e}");
     }
 }
+
+/// The user lists a staged read inlines (COPY takes no parameters) mean exactly the user ids,
+/// quotes and backslashes included, whatever `standard_conforming_strings` says.
+#[tokio::test(flavor = "multi_thread")]
+async fn inlined_user_lists_are_the_user_ids_exactly() {
+    let db = TestDb::synapse_empty(Schema::Project).await;
+    let client = db.client().await;
+    let ids = [
+        "@o'k:example.com",
+        "@back\\slash:example.com",
+        "@x'';--\\'\\\\:e",
+        "@josé:e",
+    ];
+    let literal = syn2mas::stage::sql_text_array(ids);
+    for setting in ["on", "off"] {
+        client
+            .batch_execute(&format!("SET standard_conforming_strings = {setting}"))
+            .await
+            .unwrap();
+        let got: Vec<String> = client
+            .query_one(&format!("SELECT {literal}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, ids, "standard_conforming_strings = {setting}");
+    }
+}

@@ -271,12 +271,13 @@ pub async fn copy_counts(synapse: &Client, mas: &Client) -> anyhow::Result<u64> 
     Ok(rows)
 }
 
-/// A SQL array literal of `items` (`ARRAY['a', 'b']::text[]`), for statements that take no
-/// parameters (COPY): every item is a standard string literal with its quotes doubled.
+/// A SQL array literal of `items` (`ARRAY[E'a', E'b']::text[]`), for statements that take no
+/// parameters (COPY): every item is an escape string literal (backslashes and quotes doubled),
+/// which means the same whatever the server's `standard_conforming_strings`.
 pub fn sql_text_array<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     let quoted: Vec<String> = items
         .into_iter()
-        .map(|s| format!("'{}'", s.replace('\'', "''")))
+        .map(|s| format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''")))
         .collect();
     format!("ARRAY[{}]::text[]", quoted.join(", "))
 }
@@ -643,8 +644,8 @@ mod tests {
     #[test]
     fn array_literals_quote_every_item() {
         assert_eq!(
-            sql_text_array(["@a:x", "@o'k:x"]),
-            "ARRAY['@a:x', '@o''k:x']::text[]"
+            sql_text_array(["@a:x", "@o'k:x", "@b\\s:x"]),
+            "ARRAY[E'@a:x', E'@o''k:x', E'@b\\\\s:x']::text[]"
         );
         assert_eq!(sql_text_array([]), "ARRAY[]::text[]");
     }
