@@ -80,6 +80,28 @@ pub async fn open_readers(synapse_db: &ConnectOptions) -> anyhow::Result<Vec<Cli
     Ok(futures::future::try_join_all((0..READERS).map(|_| synapse_db.connect("Synapse"))).await?)
 }
 
+/// Opens the reader sessions on one snapshot of Synapse: the first takes `lock` on the six
+/// tables and exports its snapshot, the others import it; every one gets `work_mem` for this
+/// transaction (some reads hash-join millions of rows — owners of threepids and external ids,
+/// refresh tokens — which PostgreSQL's default 4 MB spills to disk in many batches). Returns
+/// the sessions and the snapshot's id, for further sessions to join.
+pub async fn open_snapshot(
+    synapse_db: &ConnectOptions,
+    lock: crate::source::snapshot::LockMode,
+    work_mem: crate::memory::MemSize,
+) -> anyhow::Result<(Vec<Client>, String)> {
+    use crate::source::snapshot;
+    let readers = open_readers(synapse_db).await?;
+    let id = snapshot::open(&readers[0], lock).await?;
+    for client in &readers[1..] {
+        snapshot::join(client, &id).await?;
+    }
+    for client in &readers {
+        crate::memory::set_local_work_mem(client, work_mem).await?;
+    }
+    Ok((readers, id))
+}
+
 /// The `SELECT` of a single-read stage and its column count; of `users`' rows only when given
 /// (a SQL array literal, see `Ctx::only_users`).
 fn stage_read(query: Query, users: Option<&str>) -> Option<(String, usize)> {

@@ -61,6 +61,18 @@ pub struct MigrateOptions {
     pub memory: crate::memory::Requested,
 }
 
+impl MigrateOptions {
+    /// How the run locks Synapse's tables: a dry run and a prestage run next to Synapse and
+    /// block nothing; the real migration blocks its writers (and finds one still running).
+    pub fn synapse_lock(&self) -> LockMode {
+        if self.dry_run || self.prestage {
+            LockMode::AccessShare
+        } else {
+            LockMode::Exclusive
+        }
+    }
+}
+
 /// Backend pids of the MAS sessions a run opened, so a failed or interrupted run can stop them
 /// before dropping its shadow tables; and whether the run got the advisory lock, without which
 /// the shadow tables in MAS are not its own.
@@ -156,6 +168,7 @@ pub async fn run(
             opts,
             progress,
             defs: &defs,
+            memory,
             started,
             leftovers: leftovers.clone(),
         };
@@ -194,7 +207,7 @@ pub async fn run(
             source: facts,
             mas_schema_version: crate::stage::mas_schema_version(&main).await?,
             mapping: crate::stage::mapping_digest(mas, opts.ignore_missing_auth_providers),
-            id_key: hex(&ids_key),
+            id_key: key_hex(&ids_key),
             now_ms,
         };
         crate::stage::finish(&mut main, runner.renames(), &meta).await?;
@@ -271,9 +284,9 @@ struct Built {
     now_ms: i64,
 }
 
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The id key as 32 hex digits (how a stage records it).
+pub(crate) fn key_hex(key: &[u8; 16]) -> String {
+    format!("{:032x}", u128::from_be_bytes(*key))
 }
 
 /// How often the run looks whether its lock-holding MAS session is still connected.
@@ -307,16 +320,8 @@ async fn build(
 ) -> anyhow::Result<Built> {
     let started = Instant::now();
 
-    let synapse = pipeline::open_readers(synapse_db).await?;
-    let lock = if opts.dry_run || opts.prestage {
-        LockMode::AccessShare
-    } else {
-        LockMode::Exclusive
-    };
-    let snapshot_id = snapshot::open(&synapse[0], lock).await?;
-    for client in &synapse[1..] {
-        snapshot::join(client, &snapshot_id).await?;
-    }
+    let (synapse, snapshot_id) =
+        pipeline::open_snapshot(synapse_db, opts.synapse_lock(), memory.synapse_work_mem).await?;
     let counts = if opts.prestage {
         Some(start_counts(synapse_db, mas_db, &snapshot_id, sessions).await?)
     } else {
@@ -331,12 +336,6 @@ async fn build(
     ctx.report = opts.report.is_some();
     ctx.refuse_warnings = !opts.allow_warnings;
     let ctx = Arc::new(ctx);
-    for client in &synapse {
-        // Some reads hash-join millions of rows (owners of threepids and external ids, refresh
-        // tokens); with PostgreSQL's default 4 MB they spill to disk in many batches. Only these
-        // sessions, only this transaction.
-        crate::memory::set_local_work_mem(client, memory.synapse_work_mem).await?;
-    }
     tracing::debug!(elapsed = ?started.elapsed(), "Synapse snapshot open");
     let estimated;
     let plan = match exact_plan {

@@ -32,13 +32,12 @@ use crate::config::MasConfig;
 use crate::db::ConnectOptions;
 use crate::db::copy_binary::{TRAILER, header};
 use crate::migrate::summary::{Staged, Summary, summarise};
-use crate::migrate::{MigrateOptions, hex};
+use crate::migrate::{MigrateOptions, key_hex};
 use crate::pipeline::{self, Senders};
 use crate::progress::Progress;
 use crate::sink::catalog::Definitions;
 use crate::sink::shadow;
 use crate::sink::tables::Target;
-use crate::source::snapshot::{self, LockMode};
 use crate::source::{Entity, plan};
 use crate::transform::{Ctx, Ids, Mode, Stats};
 
@@ -49,6 +48,8 @@ pub struct Run<'a> {
     pub opts: &'a MigrateOptions,
     pub progress: &'a Progress,
     pub defs: &'a Definitions,
+    /// The sessions' memory settings `migrate::run` chose.
+    pub memory: crate::memory::Chosen,
     pub started: Instant,
     pub leftovers: Vec<String>,
 }
@@ -74,16 +75,12 @@ impl Run<'_> {
         let meta = super::meta(main)
             .await?
             .context("the stage vanished while the run started")?;
-        let readers = pipeline::open_readers(self.synapse_db).await?;
-        let lock = if self.opts.dry_run || purpose == Purpose::Refresh {
-            LockMode::AccessShare
-        } else {
-            LockMode::Exclusive
-        };
-        let snapshot_id = snapshot::open(&readers[0], lock).await?;
-        for client in &readers[1..] {
-            snapshot::join(client, &snapshot_id).await?;
-        }
+        let (readers, _) = pipeline::open_snapshot(
+            self.synapse_db,
+            self.opts.synapse_lock(),
+            self.memory.synapse_work_mem,
+        )
+        .await?;
         let facts = super::source_facts(&readers[0]).await?;
         if let Some(why) = self
             .invalid_because(&meta, &facts, &readers[0], main)
@@ -210,7 +207,7 @@ impl Run<'_> {
     ) -> anyhow::Result<Option<String>> {
         if let Some(seed) = self.opts.seed
             && self.opts.prestage
-            && hex(&Ids::from_seed(seed).key()) != meta.id_key
+            && key_hex(&Ids::from_seed(seed).key()) != meta.id_key
         {
             return Ok(Some("it was built with another --seed".to_owned()));
         }
@@ -238,17 +235,13 @@ impl Run<'_> {
     }
 }
 
+/// The id key a stage recorded (see `migrate::key_hex`).
 fn parse_key(hex_key: &str) -> anyhow::Result<[u8; 16]> {
-    let mut key = [0u8; 16];
-    if hex_key.len() != 32 {
-        bail!("the stage's id key is not what syn2mas writes");
-    }
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex_key[2 * i..2 * i + 2], 16)
-            .context("the stage's id key is not what syn2mas writes")?;
-    }
-    debug_assert_eq!(hex(&key), hex_key);
-    Ok(key)
+    let key = u128::from_str_radix(hex_key, 16)
+        .ok()
+        .filter(|_| hex_key.len() == 32)
+        .context("the stage's id key is not what syn2mas writes")?;
+    Ok(key.to_be_bytes())
 }
 
 /// Above this share of the stage's users (percent), applying the changes costs more than a
@@ -583,4 +576,27 @@ async fn stage_rows(tx: &Transaction<'_>) -> anyhow::Result<BTreeMap<String, u64
         out.insert(t.name().to_owned(), n as u64);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_id_key_reads_back_as_itself() {
+        let key: [u8; 16] = std::array::from_fn(|i| (i as u8) * 17);
+        let text = key_hex(&key);
+        assert_eq!(text.len(), 32);
+        assert_eq!(parse_key(&text).unwrap(), key);
+        assert_eq!(parse_key(&key_hex(&[0; 16])).unwrap(), [0; 16]);
+        assert!(parse_key("00").is_err());
+        assert!(parse_key(&"g".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn too_many_changes_is_a_share_of_the_stage() {
+        assert!(!too_many(4, 100));
+        assert!(too_many(5, 100));
+        assert!(!too_many(0, 0));
+    }
 }
