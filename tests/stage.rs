@@ -779,3 +779,39 @@ async fn inlined_user_lists_are_the_user_ids_exactly() {
         assert_eq!(got, ids, "standard_conforming_strings = {setting}");
     }
 }
+
+/// Schemas of syn2mas's names that syn2mas did not create are never dropped or used: `migrate`
+/// and `stage drop` refuse and name them, and they stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemas_of_our_names_that_are_not_ours_are_left_alone() {
+    let schema = Schema::Project;
+    for name in ["syn2mas_shadow", "syn2mas_stage"] {
+        let env = Env::of(TestDb::synapse(schema).await, TestDb::mas(schema).await);
+        env.mas
+            .exec(&format!(
+                "CREATE SCHEMA {name}; CREATE TABLE {name}.keep (x int)"
+            ))
+            .await;
+        for args in [&["migrate", "--allow-warnings"][..], &["stage", "drop"][..]] {
+            if name == "syn2mas_shadow" && args[0] == "stage" {
+                continue;
+            }
+            let out = run(&env, args);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{name} {args:?}: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains(&format!(
+                    "has a schema `{name}` that syn2mas did not create"
+                )),
+                "{name} {args:?}: {}",
+                stderr(&out)
+            );
+        }
+        assert_eq!(env.mas.count(&format!("{name}.keep")).await, 0);
+        assert_eq!(env.mas.count("users").await, 0);
+    }
+}

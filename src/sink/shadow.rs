@@ -100,27 +100,27 @@ pub async fn drop_leftovers(client: &Client, wait: Duration) -> anyhow::Result<V
     Ok(dropped)
 }
 
-/// The number of tables in [`SCHEMA`] when it exists and is ours; refuses a schema of that
-/// name that syn2mas did not create.
+/// [`SCHEMA`] as syn2mas marks it.
+pub const OWN: crate::db::OwnSchema = crate::db::OwnSchema {
+    name: SCHEMA,
+    mark: SCHEMA_MARK,
+    holds: "shadow tables",
+};
+
+/// The number of tables in [`SCHEMA`] when it exists (and is ours: see [`OWN`]).
 async fn own_schema(client: &Client) -> anyhow::Result<Option<i64>> {
-    let Some(row) = client
-        .query_opt(
-            "SELECT obj_description(n.oid, 'pg_namespace'),
-                    (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind = 'r')
-               FROM pg_namespace n WHERE n.nspname = $1",
+    if !OWN.exists(client).await? {
+        return Ok(None);
+    }
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = $1::text::regnamespace AND relkind = 'r'",
             &[&SCHEMA],
         )
         .await
         .context("looking for leftovers of an interrupted run")?
-    else {
-        return Ok(None);
-    };
-    if row.get::<_, Option<String>>(0).as_deref() != Some(SCHEMA_MARK) {
-        bail!(
-            "the MAS database has a schema `{SCHEMA}` that syn2mas did not create; syn2mas needs that name for its shadow tables. Rename or drop it"
-        );
-    }
-    Ok(Some(row.get(1)))
+        .get(0);
+    Ok(Some(tables))
 }
 
 /// Drops the `syn2mas_new_*` shadow tables of syn2mas versions that kept them in MAS's schema.

@@ -17,7 +17,7 @@ pub mod delta;
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, Transaction};
 
@@ -399,23 +399,17 @@ pub async fn drop_helper_indexes(tx: &Transaction<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// [`SCHEMA`] as syn2mas marks it.
+const OWN: crate::db::OwnSchema = crate::db::OwnSchema {
+    name: SCHEMA,
+    mark: MARK,
+    holds: "stage",
+};
+
 /// Whether a stage exists (and is ours: a schema of that name without syn2mas's mark is
 /// refused).
 pub async fn exists(client: &Client) -> anyhow::Result<bool> {
-    let row = client
-        .query_opt(
-            "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1",
-            &[&SCHEMA],
-        )
-        .await
-        .context("looking for a stage")?;
-    match row {
-        None => Ok(false),
-        Some(r) if r.get::<_, Option<String>>(0).as_deref() == Some(MARK) => Ok(true),
-        Some(_) => bail!(
-            "the MAS database has a schema `{SCHEMA}` that syn2mas did not create; syn2mas needs that name for its stage. Rename or drop it"
-        ),
-    }
+    OWN.exists(client).await
 }
 
 /// The stage's recorded facts (`None` without a stage).
@@ -433,36 +427,21 @@ pub async fn meta(client: &Client) -> anyhow::Result<Option<StageMeta>> {
     )?))
 }
 
-/// Drops the stage in `tx` (nothing when there is none).
-async fn drop_in(tx: &Transaction<'_>) -> anyhow::Result<()> {
-    let ours: Option<Option<String>> = tx
-        .query_opt(
-            "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1",
-            &[&SCHEMA],
-        )
-        .await
-        .context("looking for a stage")?
-        .map(|r| r.get(0));
-    match ours {
-        None => Ok(()),
-        Some(Some(m)) if m == MARK => tx
-            .batch_execute(&format!("DROP SCHEMA {SCHEMA} CASCADE"))
-            .await
-            .context("dropping the previous stage"),
-        Some(_) => bail!(
-            "the MAS database has a schema `{SCHEMA}` that syn2mas did not create; syn2mas needs that name for its stage. Rename or drop it"
-        ),
+/// Drops the stage in `tx`; whether there was one.
+async fn drop_in(tx: &Transaction<'_>) -> anyhow::Result<bool> {
+    if !OWN.exists(tx).await? {
+        return Ok(false);
     }
+    tx.batch_execute(&format!("DROP SCHEMA {SCHEMA} CASCADE"))
+        .await
+        .context("dropping the previous stage")?;
+    Ok(true)
 }
 
 /// `syn2mas stage drop`: removes the stage; whether there was one.
 pub async fn drop(client: &mut Client) -> anyhow::Result<bool> {
     let tx = client.transaction().await?;
-    let had = tx
-        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&SCHEMA])
-        .await?
-        .is_some();
-    drop_in(&tx).await?;
+    let had = drop_in(&tx).await?;
     tx.commit().await.context("dropping the stage")?;
     Ok(had)
 }
