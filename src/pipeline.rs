@@ -221,7 +221,12 @@ async fn sessions_stage(
     let first = readers
         .first()
         .context("no Synapse session for devices and tokens")?;
-    let on_disk = crate::source::plan::session_bytes(first).await?;
+    // A staged run reads only its changed users: one first partition, split again below only
+    // when it turns out larger than the budget, instead of a split sized for whole tables.
+    let on_disk = match ctx.only_users {
+        Some(_) => 0,
+        None => crate::source::plan::session_bytes(first).await?,
+    };
     let fanout =
         crate::test_hooks::partitions().unwrap_or_else(|| spill::fanout_for(on_disk, budget));
     if let Some(warning) = spill::tmpfs_warning(&std::env::temp_dir()) {

@@ -173,14 +173,6 @@ pub fn decode_rows<'a>(
     Ok(rows)
 }
 
-/// The length of the tuple at the start of `buf` and its first field (`None`: NULL), for
-/// routing whole tuples by a key without decoding the rest.
-pub fn tuple_key(buf: &[u8], fields: usize) -> Result<(usize, Option<&[u8]>), DecodeError> {
-    let mut key = [None];
-    let len = tuple_fields(buf, fields, &mut key)?;
-    Ok((len, key[0]))
-}
-
 /// The length of the tuple at the start of `buf`, and its first `out.len()` fields in `out`
 /// (`None`: NULL): what a router needs of a tuple, without decoding the rest.
 pub fn tuple_fields<'a>(

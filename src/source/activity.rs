@@ -10,7 +10,7 @@
 //! What counts: every *client backend* connected to the same database, except syn2mas's own
 //! sessions (their backend pids) and the operator tools of [`OPERATOR_TOOLS`], which are listed
 //! but do not count. Background processes (autovacuum, WAL senders, parallel workers) have other
-//! `backend_type`s and do not count either.
+//! `backend_type`s and do not count either — where the details are visible (below).
 //!
 //! A role without `pg_read_all_stats` sees other roles' sessions without their details:
 //! `backend_type`, client address, start and state are NULL, only the pid, the role and the
@@ -106,7 +106,7 @@ impl fmt::Display for OtherSession {
             None => write!(
                 f,
                 ", role {role} (client address, start and state hidden: syn2mas's role lacks \
-                 pg_read_all_stats; an autovacuum worker looks like this too)"
+                 pg_read_all_stats; a WAL sender or background worker of another role looks like this too)"
             ),
         }
     }

@@ -23,8 +23,10 @@
 //!
 //! No rule of the mapping looks across two devices of one user (`transform::sessions` says
 //! which rows each rule needs), which is what makes step 2 exact. So every partition the join
-//! holds is at most the budget, plus, in step 3, one owner row and one device row; the one
-//! exception is a single row larger than the budget on its own, which is held alone.
+//! holds is at most the budget, plus, in step 3, one owner row and one device row. Two
+//! exceptions: a single row larger than the budget on its own is held alone, and a partition
+//! still too large after `MAX_DEPTH` splits (only colliding hashes get there) is mapped in runs
+//! with all of its owner and device rows held.
 //!
 //! The files are anonymous (`tempfile::tempfile_in`): nothing is left behind when the process
 //! ends, however it ends. They live in `TMPDIR`; see [`tmpfs_warning`].
@@ -161,12 +163,11 @@ impl Keys {
     }
 }
 
-/// Why spilling failed: the disk (named, with the fix) or a malformed stream.
+/// Why spilling failed: the temporary files (named, with the fix the cause calls for) or a
+/// malformed stream.
 #[derive(Debug, thiserror::Error)]
 pub enum SpillError {
-    #[error(
-        "writing syn2mas's temporary files in {dir} failed ({source}); they need about as much free space as Synapse's devices and access_tokens tables. Point TMPDIR at a disk with room"
-    )]
+    #[error("syn2mas's temporary files in {dir}: {source}{}", advice(source))]
     Io { dir: String, source: io::Error },
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -272,6 +273,21 @@ fn write(out: &mut Out, tuple: &[u8], dir: &Path) -> Result<(), SpillError> {
     out.file.write_all(tuple).map_err(|e| io_error(dir, e))?;
     out.bytes += tuple.len() as u64;
     Ok(())
+}
+
+/// What to do about a failed temporary file, when the cause says: a full disk wants room (the
+/// files need about as much space as Synapse's devices and access_tokens tables), too many
+/// open files a higher `ulimit -n`.
+fn advice(source: &io::Error) -> &'static str {
+    match source.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            "; they need about as much free space as Synapse's devices and access_tokens tables. Point TMPDIR at a disk with room"
+        }
+        _ if source.raw_os_error() == Some(libc::EMFILE) => {
+            "; syn2mas keeps a few thousand of them open at once: raise the open-files limit (`ulimit -n`, systemd LimitNOFILE)"
+        }
+        _ => "",
+    }
 }
 
 fn io_error(dir: &Path, source: io::Error) -> SpillError {
@@ -830,6 +846,27 @@ mod tests {
                 .collect();
             assert_eq!(spills.len(), 3);
         }
+    }
+
+    #[test]
+    fn temporary_file_errors_give_the_advice_their_cause_calls_for() {
+        let say = |e: io::Error| io_error(Path::new("/tmp"), e).to_string();
+        let full = say(io::Error::from(io::ErrorKind::StorageFull));
+        assert!(full.contains("Point TMPDIR at a disk with room"), "{full}");
+        let files = say(io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(
+            files.contains("ulimit -n") && !files.contains("TMPDIR"),
+            "{files}"
+        );
+        let other = say(io::Error::from(io::ErrorKind::PermissionDenied));
+        assert!(
+            !other.contains("TMPDIR at") && !other.contains("ulimit"),
+            "{other}"
+        );
+        assert!(
+            other.starts_with("syn2mas's temporary files in /tmp: "),
+            "{other}"
+        );
     }
 
     #[test]

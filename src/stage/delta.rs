@@ -481,9 +481,21 @@ async fn replace_rows(
     localparts: &[String],
     files: Vec<(Target, std::fs::File)>,
 ) -> anyhow::Result<()> {
-    let ids = format!("SELECT user_id FROM {SCHEMA}.users WHERE username = ANY($1)");
+    // Their MAS ids once (by username, through its unique index), then every table by id.
+    let ids: Vec<String> = tx
+        .query(
+            &format!("SELECT user_id::text FROM {SCHEMA}.users WHERE username = ANY($1)"),
+            &[&localparts],
+        )
+        .await
+        .context("finding changed users in the stage")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let users = "ANY($1::text[]::uuid[])";
     let sessions =
-        format!("SELECT compat_session_id FROM {SCHEMA}.compat_sessions WHERE user_id IN ({ids})");
+        format!("SELECT compat_session_id FROM {SCHEMA}.compat_sessions WHERE user_id = {users}");
+    // Children first: the stage's foreign keys are in force.
     let deletes = [
         format!(
             "DELETE FROM {SCHEMA}.compat_refresh_tokens WHERE compat_session_id IN ({sessions})"
@@ -491,15 +503,15 @@ async fn replace_rows(
         format!(
             "DELETE FROM {SCHEMA}.compat_access_tokens WHERE compat_session_id IN ({sessions})"
         ),
-        format!("DELETE FROM {SCHEMA}.compat_sessions WHERE user_id IN ({ids})"),
-        format!("DELETE FROM {SCHEMA}.upstream_oauth_links WHERE user_id IN ({ids})"),
-        format!("DELETE FROM {SCHEMA}.user_unsupported_third_party_ids WHERE user_id IN ({ids})"),
-        format!("DELETE FROM {SCHEMA}.user_emails WHERE user_id IN ({ids})"),
-        format!("DELETE FROM {SCHEMA}.user_passwords WHERE user_id IN ({ids})"),
-        format!("DELETE FROM {SCHEMA}.users WHERE username = ANY($1)"),
+        format!("DELETE FROM {SCHEMA}.compat_sessions WHERE user_id = {users}"),
+        format!("DELETE FROM {SCHEMA}.upstream_oauth_links WHERE user_id = {users}"),
+        format!("DELETE FROM {SCHEMA}.user_unsupported_third_party_ids WHERE user_id = {users}"),
+        format!("DELETE FROM {SCHEMA}.user_emails WHERE user_id = {users}"),
+        format!("DELETE FROM {SCHEMA}.user_passwords WHERE user_id = {users}"),
+        format!("DELETE FROM {SCHEMA}.users WHERE user_id = {users}"),
     ];
     for sql in &deletes {
-        tx.execute(sql, &[&localparts])
+        tx.execute(sql, &[&ids])
             .await
             .map_err(crate::db::without_detail)
             .context("deleting changed users' rows from the stage")?;

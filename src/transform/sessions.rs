@@ -78,7 +78,12 @@ pub struct Held {
 impl Held {
     /// Holds the raw owner and device tuples of a partition.
     pub fn new(owners: Vec<u8>, devices: Vec<u8>) -> anyhow::Result<Self> {
-        let n = decode_all::<Device<'_>>(&devices, Entity::Devices)?.len();
+        // Only the count: the rows are decoded (and checked) when they are mapped.
+        let n = crate::db::copy_binary::scan_tuples(
+            &devices,
+            <Device<'_> as crate::source::reads::Read>::FIELDS,
+        )?
+        .rows;
         Ok(Self {
             owners,
             devices,

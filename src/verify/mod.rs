@@ -43,7 +43,8 @@ const PARALLEL: usize = 2;
 
 /// Session settings of every worker connection. A query that waits 10 s for a lock fails
 /// instead of hanging behind DDL; the sorts of millions of rows stay in memory instead of
-/// spilling to disk (the same `work_mem` `migrate` gives its Synapse reads).
+/// spilling to disk (256MB: the most `migrate` gives its Synapse reads, whose `work_mem` it
+/// derives from the server's settings; `verify` does not yet).
 const SESSION_SETTINGS: &str = "SET lock_timeout = '10s'; SET work_mem = '256MB'";
 
 /// Everything `verify` needs; the CLI builds it from the flags and the config files.
